@@ -1,0 +1,196 @@
+"""Listening for and dialling Cap'n Proto connections over TLS.
+
+pycapnp builds its stream from an asyncio protocol. We hand that protocol to
+asyncio's own ``create_connection`` with a TLS context, so the TLS transport,
+and with it the peer's certificate, stays in our hands: the key is checked
+against the `.cap` file's fingerprint before the RPC system is even created,
+so no RPC byte reaches a peer with the wrong key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+import capnp
+
+from build_api import schema
+from build_api.errors import CapFileError, ConnectError, ServiceError
+from build_api.keys import check_peer_certificate, client_ssl_context
+from build_api.sturdy import SturdyRef
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+# Largest message accepted, in 8-byte words (64 MiB).
+TRAVERSAL_LIMIT_WORDS = 8 * 1024 * 1024
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Connection:
+    """An open RPC connection to the scheduler."""
+
+    def __init__(self, client: Any, transport: asyncio.BaseTransport) -> None:
+        self._client = client
+        self._transport = transport
+
+    def bootstrap(self) -> Any:
+        return self._client.bootstrap().cast_as(schema.build.Restorer)
+
+    async def restore(self, ref: SturdyRef, interface: Any) -> Any:
+        """Turn ``ref`` into a live capability of the given schema interface."""
+        restorer = self.bootstrap()
+        try:
+            response = await restorer.restore(
+                ref.service_id, schema.interface_id(interface)
+            )
+        except capnp.KjException as exc:
+            raise ConnectError(remote_message(exc)) from None
+        return response.cap.as_interface(interface)
+
+    async def disconnected(self) -> None:
+        """Wait until the connection is lost."""
+        await self._client.on_disconnect()
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+async def connect(ref: SturdyRef) -> Connection:
+    """Dial the scheduler named by ``ref`` and check its key."""
+    loop = asyncio.get_running_loop()
+    streams: list[Any] = []
+
+    def make_protocol() -> asyncio.BaseProtocol:
+        # A private pycapnp helper: it returns the protocol and hands the
+        # stream built on it to the callback once the connection is made.
+        protocol: asyncio.BaseProtocol = capnp.AsyncIoStream._connect(streams.append)
+        return protocol
+
+    try:
+        transport, _ = await asyncio.wait_for(
+            loop.create_connection(
+                make_protocol, ref.host, ref.port, ssl=client_ssl_context()
+            ),
+            CONNECT_TIMEOUT_SECONDS,
+        )
+    except TimeoutError:
+        raise ConnectError(f"timed out connecting to {ref.host}:{ref.port}") from None
+    except ssl.SSLError as exc:
+        raise ConnectError(
+            f"TLS handshake with {ref.host}:{ref.port} failed: {exc}"
+        ) from None
+    except OSError as exc:
+        raise ConnectError(
+            f"cannot connect to {ref.host}:{ref.port}: {exc.strerror or exc}"
+        ) from None
+
+    ssl_object = transport.get_extra_info("ssl_object")
+    try:
+        check_peer_certificate(
+            ssl_object.getpeercert(binary_form=True), ref.fingerprint
+        )
+    except Exception:
+        transport.close()
+        raise
+    client = capnp.TwoPartyClient(
+        streams[0], traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS
+    )
+    return Connection(client, transport)
+
+
+async def connect_and_restore(ref: SturdyRef, interface: Any) -> tuple[Connection, Any]:
+    """Connect to the scheduler and restore ``ref`` as ``interface``."""
+    connection = await connect(ref)
+    try:
+        return connection, await connection.restore(ref, interface)
+    except BaseException:
+        connection.close()
+        raise
+
+
+async def serve(
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext,
+    make_bootstrap: Callable[[], Any],
+) -> asyncio.Server:
+    """Accept TLS connections, giving each a fresh bootstrap capability."""
+
+    async def on_connection(stream: Any) -> None:
+        server = capnp.TwoPartyServer(
+            stream,
+            bootstrap=make_bootstrap(),
+            traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS,
+        )
+        try:
+            await server.on_disconnect()
+        except Exception as exc:  # a peer that broke the protocol
+            logger.info("Dropped a connection: %s", exc)
+
+    server: asyncio.Server = await capnp.AsyncIoStream.create_server(
+        on_connection, host, port, ssl=ssl_context
+    )
+    return server
+
+
+def remote(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Wrap a server method so that only a clean message reaches the caller.
+
+    pycapnp sends the caller the whole traceback of an exception raised in a
+    server method. A :class:`ServiceError` is re-raised with its message only;
+    anything else is logged here with its traceback and reported to the
+    caller as an internal error, so no detail of the server leaks out.
+    """
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await func(*args, **kwargs)
+        except ServiceError as exc:
+            message = str(exc)
+        except capnp.KjException as exc:
+            message = remote_message(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("Internal error in %s", func.__qualname__)
+            message = (
+                f"internal error in {func.__name__}; the server's log has the details"
+            )
+        raise ServiceError(message) from None
+
+    return wrapper
+
+
+_SERVICE_ERROR_MARK = ServiceError.__name__ + ": "
+
+
+def remote_message(exc: Exception) -> str:
+    """The message a peer meant for us, without pycapnp's traceback around it."""
+    description = str(getattr(exc, "description", None) or exc)
+    _, mark, message = description.partition(_SERVICE_ERROR_MARK)
+    if mark:
+        return message.rstrip("\n")
+    for prefix in ("remote exception: ", "Disconnected: "):
+        description = description.removeprefix(prefix)
+    return (
+        description.strip().splitlines()[-1] if description.strip() else "unknown error"
+    )
+
+
+__all__ = [
+    "CapFileError",
+    "Connection",
+    "connect",
+    "connect_and_restore",
+    "remote",
+    "remote_message",
+    "serve",
+]

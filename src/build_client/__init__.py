@@ -1,0 +1,1 @@
+"""The build-client command line: submit builds, inspect and administer pools."""

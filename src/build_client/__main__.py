@@ -1,0 +1,3 @@
+from build_client.cli import main
+
+main()

@@ -1,0 +1,139 @@
+"""Submit a build, stream its log, and report how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+import capnp
+
+from build_api import schema
+from build_api.cli_support import EXIT_FAILED, EXIT_INTERRUPTED
+from build_api.errors import ConnectError, ServiceError
+from build_api.rpc import connect_and_restore, remote_message
+
+logger = logging.getLogger(__name__)
+
+CANCEL_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    cap_file: Path
+    pool: str
+    dockerfile: str
+    urgent: bool = False
+    build_args: list[str] = field(default_factory=list)
+    target: str = ""
+    no_cache: bool = False
+    squash: bool = False
+    cache_hint: str = ""
+
+
+def _description(request: SubmitRequest) -> Any:
+    description = schema.build.JobDescription.new_message()
+    description.dockerfile.contents = request.dockerfile
+    description.buildArgs = request.build_args
+    description.target = request.target
+    description.noCache = request.no_cache
+    description.squash = request.squash
+    description.cacheHint = request.cache_hint
+    return description
+
+
+class Submitter:
+    def __init__(self, out: BinaryIO, status: TextIO) -> None:
+        self._out = out
+        self._status = status
+        self._ticket: Any = None
+        self._job_id = ""
+
+    def say(self, message: str) -> None:
+        print(message, file=self._status, flush=True)
+
+    async def run(self, submission: Any, request: SubmitRequest) -> int:
+        """Submit and follow the job; returns the exit code."""
+        try:
+            return await self._submit_and_follow(submission, request)
+        except capnp.KjException as exc:
+            raise ConnectError(f"lost the scheduler: {remote_message(exc)}") from None
+
+    async def _submit_and_follow(self, submission: Any, request: SubmitRequest) -> int:
+        try:
+            reply = await submission.submit(
+                request.pool, _description(request), request.urgent
+            )
+        except capnp.KjException as exc:
+            raise ServiceError(remote_message(exc)) from None
+        self._ticket = reply.ticket
+        status = (await self._ticket.status()).status
+        self._job_id = status.id
+        position = status.queuePosition
+        self.say(f"Job {status.id} queued in pool {status.pool} (position {position})")
+
+        started = await self._ticket.job()
+        self.say(f"Job {self._job_id} is building on worker {started.worker}")
+        job = started.job
+        offset = 0
+        while True:
+            chunk = await job.log(offset)
+            if not chunk.data:
+                break
+            self._out.write(chunk.data)
+            self._out.flush()
+            offset = chunk.next
+        outcome = (await job.result()).outcome
+        kind = outcome.which()
+        if kind == "success":
+            self._out.write(f"{outcome.success}\n".encode())
+            self._out.flush()
+            return 0
+        if kind == "failure":
+            self.say(f"Job {self._job_id} failed: {outcome.failure}")
+        else:
+            self.say(f"Job {self._job_id} was cancelled")
+        return EXIT_FAILED
+
+    async def cancel(self) -> None:
+        if self._ticket is None:
+            return
+        self.say(f"Cancelling job {self._job_id or '(not yet numbered)'}...")
+        try:
+            await asyncio.wait_for(self._ticket.cancel(), CANCEL_TIMEOUT_SECONDS)
+        except (capnp.KjException, TimeoutError) as exc:
+            self.say(f"Could not cancel the job: {exc}")
+        else:
+            self.say("Cancelled.")
+
+
+async def submit(ref: Any, request: SubmitRequest) -> int:
+    """Submit, follow, and cancel the job if interrupted (SIGINT or SIGTERM)."""
+    connection, submission = await connect_and_restore(ref, schema.build.Submission)
+    try:
+        submitter = Submitter(sys.stdout.buffer, sys.stderr)
+        main = asyncio.ensure_future(submitter.run(submission, request))
+        interrupted = asyncio.Event()
+
+        def interrupt() -> None:
+            interrupted.set()
+            main.cancel()
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, interrupt)
+        try:
+            return await main
+        except asyncio.CancelledError:
+            if not interrupted.is_set():
+                raise
+            # Closing the connection alone would cancel the job too, but
+            # waiting for the answer lets us say that it happened.
+            await submitter.cancel()
+            return EXIT_INTERRUPTED
+    finally:
+        connection.close()

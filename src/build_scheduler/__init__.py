@@ -1,0 +1,1 @@
+"""The build scheduler daemon: pools, queues, and the services around them."""

@@ -1,0 +1,3 @@
+from build_scheduler.cli import main
+
+main()

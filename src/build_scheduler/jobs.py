@@ -1,0 +1,133 @@
+"""A submitted job as the scheduler tracks it, from queue to outcome.
+
+The scheduler keeps its own copy of each job's log and its outcome: once a
+worker starts a job, the scheduler follows the worker's Job capability the
+way a client would, and clients read from the scheduler's copy. So the
+scheduler always knows how each job ended, any number of clients can follow
+a job at the cost of one stream from the worker, and a client's view does
+not depend on the worker staying reachable after the build.
+
+States move only forward:
+
+    queued ──▶ running ──▶ succeeded | failed | cancelled
+       └──────────────────▶ cancelled
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import capnp
+
+from build_api.joblog import JobLog
+from build_api.rpc import remote_message
+
+logger = logging.getLogger(__name__)
+
+
+class JobState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: JobState
+    detail: str = ""  # the image id on success, the reason on failure
+
+
+class JobRecord:
+    def __init__(self, job_id: str, pool: str, client: str, description: Any) -> None:
+        self.id = job_id
+        self.pool = pool
+        self.client = client
+        self.description = description
+        self.state = JobState.QUEUED
+        self.worker = ""
+        self.attempt = 0
+        self.holders = 0  # capabilities on this job held by clients
+        self.log = JobLog()
+        self.outcome: Outcome | None = None
+        self.started = asyncio.Event()
+        self.finished = asyncio.Event()
+        self.on_finish: list[Callable[[JobRecord], None]] = []
+        self._worker_job: Any = None
+        self._follower: asyncio.Task[None] | None = None
+
+    def start(self, worker: str, worker_job: Any) -> None:
+        """The job went to ``worker``, whose Job capability is ``worker_job``."""
+        self.state = JobState.RUNNING
+        self.worker = worker
+        self.attempt += 1
+        self._worker_job = worker_job
+        self._follower = asyncio.create_task(self._follow(), name=f"follow-{self.id}")
+        self.started.set()
+
+    def finish(self, outcome: Outcome, *, note: str = "") -> None:
+        if self.state.final:
+            return
+        if note:
+            self.log.write(note.encode())
+        self.state = outcome.state
+        self.outcome = outcome
+        self.log.close()
+        self._worker_job = None
+        self.started.set()  # so nobody waits for a start that will not come
+        self.finished.set()
+        for callback in self.on_finish:
+            callback(self)
+
+    async def cancel_running(self) -> None:
+        """Ask the worker to stop the build; the follower records the end."""
+        worker_job = self._worker_job
+        if worker_job is None:
+            return
+        try:
+            await worker_job.cancel()
+        except capnp.KjException as exc:
+            logger.warning(
+                "Could not cancel job %s on %s: %s",
+                self.id,
+                self.worker,
+                remote_message(exc),
+            )
+
+    async def _follow(self) -> None:
+        """Copy the worker's log and result into this record."""
+        worker_job = self._worker_job
+        offset = 0
+        try:
+            while True:
+                reply = await worker_job.log(offset)
+                if not reply.data:
+                    break
+                self.log.write(reply.data)
+                offset = reply.next
+            outcome = (await worker_job.result()).outcome
+        except capnp.KjException as exc:
+            reason = (
+                f"worker {self.worker} was lost during the build: {remote_message(exc)}"
+            )
+            logger.warning("Job %s failed: %s", self.id, reason)
+            self.finish(Outcome(JobState.FAILED, reason), note=f"\n{reason}\n")
+            return
+        kind = outcome.which()
+        if kind == "success":
+            self.finish(Outcome(JobState.SUCCEEDED, outcome.success))
+        elif kind == "failure":
+            self.finish(Outcome(JobState.FAILED, outcome.failure))
+        else:
+            self.finish(Outcome(JobState.CANCELLED, "cancelled"))
+        logger.info("Job %s on %s: %s", self.id, self.worker, self.state.value)

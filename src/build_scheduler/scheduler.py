@@ -1,0 +1,159 @@
+"""The scheduler's pools and jobs, glued to asyncio.
+
+:class:`Scheduler` owns the pure :class:`~build_scheduler.pool.Pool` of each
+pool, the record of each job, and the futures that waiting worker slots are
+parked on. The Cap'n Proto servers in :mod:`build_scheduler.services` call
+into it and hold no state of their own beyond what a connection needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from build_api.errors import ServiceError
+from build_scheduler.jobs import JobRecord, JobState, Outcome
+from build_scheduler.pool import Assignment, Pool, QueuedJob
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class WorkerSession:
+    """One registration of a worker: ends when its connection does."""
+
+    pool: str
+    name: str
+    capacity: int
+    capability: Any
+    closed: bool = False
+
+
+@dataclass(eq=False)
+class _Slot:
+    session: WorkerSession
+    worker_job: Any
+    future: asyncio.Future[JobRecord]
+
+
+class Scheduler:
+    def __init__(
+        self, pool_names: list[str], *, clock: Callable[[], float] = time.monotonic
+    ):
+        self._clock = clock
+        self.pools = {name: Pool(name, clock) for name in pool_names}
+        self.jobs: dict[str, JobRecord] = {}
+        self._sessions: dict[tuple[str, str], WorkerSession] = {}
+        self._slots: dict[object, _Slot] = {}
+
+    def pool(self, name: str) -> Pool:
+        try:
+            return self.pools[name]
+        except KeyError:
+            known = ", ".join(sorted(self.pools)) or "none"
+            raise ServiceError(
+                f"unknown pool {name!r} (known pools: {known})"
+            ) from None
+
+    # Clients
+
+    def submit(
+        self, pool_name: str, description: Any, *, urgent: bool, client: str
+    ) -> JobRecord:
+        pool = self.pool(pool_name)
+        record = JobRecord(secrets.token_hex(6), pool_name, client, description)
+        self.jobs[record.id] = record
+        queued = QueuedJob(record.id, client, urgent, self._clock(), payload=record)
+        logger.info("Job %s queued in pool %s for %s", record.id, pool_name, client)
+        self._start(pool.submit(queued))
+        return record
+
+    async def cancel(self, record: JobRecord) -> None:
+        if record.state is JobState.QUEUED:
+            if self.pools[record.pool].cancel(record.id):
+                logger.info("Job %s cancelled while queued", record.id)
+                record.finish(
+                    Outcome(JobState.CANCELLED, "cancelled"),
+                    note="Job cancelled while queued.\n",
+                )
+        elif record.state is JobState.RUNNING:
+            logger.info("Cancelling job %s on %s", record.id, record.worker)
+            await record.cancel_running()
+
+    def position(self, record: JobRecord) -> int:
+        position = self.pools[record.pool].queue_position(record.id)
+        return position if position is not None else 0
+
+    # Workers
+
+    def register(
+        self, pool_name: str, name: str, capacity: int, capability: Any
+    ) -> WorkerSession:
+        pool = self.pool(pool_name)
+        if not name:
+            raise ServiceError("a worker needs a non-empty name")
+        if capacity < 1:
+            raise ServiceError("a worker's capacity must be at least 1")
+        old = self._sessions.get((pool_name, name))
+        if old is not None:
+            logger.warning("Worker %r registered again; dropping its old session", name)
+            self.unregister(old)
+        session = WorkerSession(pool_name, name, capacity, capability)
+        self._sessions[(pool_name, name)] = session
+        pool.add_worker(name, capacity)
+        logger.info(
+            'Registered new worker "%s" in pool %s (capacity %d)',
+            name,
+            pool_name,
+            capacity,
+        )
+        return session
+
+    def unregister(self, session: WorkerSession) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        if self._sessions.get((session.pool, session.name)) is session:
+            del self._sessions[(session.pool, session.name)]
+            self.pools[session.pool].remove_worker(session.name)
+        for key, slot in list(self._slots.items()):
+            if slot.session is session:
+                del self._slots[key]
+                slot.future.cancel()
+        logger.info('Worker "%s" left pool %s', session.name, session.pool)
+
+    async def pop(self, session: WorkerSession, worker_job: Any) -> JobRecord:
+        """Wait until a job is given to this slot of ``session``."""
+        if session.closed:
+            raise ServiceError("this worker session has been replaced or closed")
+        pool = self.pools[session.pool]
+        key = object()
+        future: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
+        self._slots[key] = _Slot(session, worker_job, future)
+        self._start(pool.slot_ready(session.name, key))
+        try:
+            return await future
+        finally:
+            if self._slots.pop(key, None) is not None:
+                pool.slot_gone(key)
+
+    def _start(self, assignment: Assignment | None) -> None:
+        if assignment is None:
+            return
+        slot = self._slots.pop(assignment.slot)
+        record: JobRecord = assignment.job.payload
+        pool = self.pools[record.pool]
+        record.start(assignment.worker, slot.worker_job)
+        record.on_finish.append(lambda r: pool.job_finished(assignment.worker, r.id))
+        logger.info("Job %s started on %s", record.id, assignment.worker)
+        slot.future.set_result(record)
+
+    def set_active(self, session: WorkerSession, active: bool) -> None:
+        pool = self.pools[session.pool]
+        for assignment in pool.set_active(session.name, active):
+            self._start(assignment)

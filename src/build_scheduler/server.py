@@ -1,0 +1,101 @@
+"""Start the scheduler: key, capability files, listener, until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from build_api import schema
+from build_api.address import TcpAddress
+from build_api.keys import SecretKey
+from build_api.restorer import Restorer, Service, ServiceTable
+from build_api.rpc import serve
+from build_api.sturdy import SturdyRef, write_cap_file
+from build_scheduler.scheduler import Scheduler
+from build_scheduler.services import AdminServer, RegistrationServer, SubmissionServer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLIENT = "default"
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    secret_key_file: Path
+    listen: TcpAddress
+    public: TcpAddress
+    state_dir: Path
+    pools: list[str]
+
+
+def build_services(
+    scheduler: Scheduler, key: SecretKey
+) -> dict[str, tuple[bytes, Service]]:
+    """The fixed services, by the file name of their `.cap` file."""
+    services: dict[str, tuple[bytes, Service]] = {
+        "submission": (
+            key.derive_secret("submission"),
+            Service(
+                "submitting jobs",
+                schema.build.Submission,
+                lambda: SubmissionServer(scheduler, DEFAULT_CLIENT),
+            ),
+        ),
+        "admin": (
+            key.derive_secret("admin"),
+            Service(
+                "administration", schema.build.Admin, lambda: AdminServer(scheduler)
+            ),
+        ),
+    }
+    for pool in scheduler.pools:
+        services[f"pool-{pool}"] = (
+            key.derive_secret(f"pool-{pool}"),
+            Service(
+                f"registering workers in pool {pool}",
+                schema.build.Registration,
+                lambda pool=pool: RegistrationServer(scheduler, pool),  # type: ignore[misc]
+            ),
+        )
+    return services
+
+
+async def run_scheduler(config: SchedulerConfig) -> None:
+    """Run until SIGINT or SIGTERM."""
+    key = SecretKey.load_or_generate(config.secret_key_file)
+    logger.info("Server key hash: sha-256:%s", key.fingerprint)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+
+    scheduler = Scheduler(config.pools)
+    table = ServiceTable()
+    services = build_services(scheduler, key)
+    for service_id, service in services.values():
+        table.add(service_id, service)
+
+    server = await serve(
+        config.listen.host,
+        config.listen.port,
+        key.server_ssl_context(),
+        lambda: Restorer(table),
+    )
+    port = server.sockets[0].getsockname()[1]
+    logger.info("Listening on %s", TcpAddress(config.listen.host, port))
+
+    public_port = config.public.port or port
+    cap_dir = config.secret_key_file.parent
+    for file_stem, (service_id, _) in services.items():
+        ref = SturdyRef(key.fingerprint, config.public.host, public_port, service_id)
+        path = cap_dir / f"{file_stem}.cap"
+        write_cap_file(path, ref)
+        logger.info('Wrote capability reference to "%s"', path)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    logger.info("Shutting down")
+    server.close()

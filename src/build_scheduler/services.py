@@ -1,0 +1,226 @@
+"""The Cap'n Proto servers the scheduler offers.
+
+Each class implements one interface of the schema and translates between
+the wire (camelCase, capnp structs) and :class:`Scheduler` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from build_api import schema
+from build_api.errors import ServiceError
+from build_api.rpc import remote
+from build_scheduler.jobs import JobRecord, JobState
+from build_scheduler.scheduler import Scheduler, WorkerSession
+
+logger = logging.getLogger(__name__)
+
+MAX_DOCKERFILE_BYTES = 1024 * 1024
+
+_NOT_YET = "not supported yet by this scheduler"
+
+
+def _check_description(description: Any) -> None:
+    if description.dockerfile.which() == "contents":
+        size = len(description.dockerfile.contents.encode())
+        if size > MAX_DOCKERFILE_BYTES:
+            raise ServiceError(
+                f"the Dockerfile is {size} bytes; the limit is {MAX_DOCKERFILE_BYTES}"
+            )
+    elif not description.repository:
+        raise ServiceError("a Dockerfile path needs a repository to find it in")
+    if description.commits and not description.repository:
+        raise ServiceError("commits were given without a repository")
+
+
+class SubmissionServer(schema.build.Submission.Server):  # type: ignore[misc]
+    def __init__(self, scheduler: Scheduler, client: str) -> None:
+        self._scheduler = scheduler
+        self._client = client
+
+    @remote
+    async def submit(self, pool: str, description: Any, urgent: bool, **_: Any) -> Any:
+        _check_description(description)
+        record = self._scheduler.submit(
+            pool, description.as_builder(), urgent=urgent, client=self._client
+        )
+        return TicketServer(self._scheduler, record)
+
+    @remote
+    async def ticket(self, id: str, **_: Any) -> Any:
+        raise ServiceError(f"reattaching to a job is {_NOT_YET}")
+
+
+class _Holder:
+    """Counts the live capabilities on a job held by clients.
+
+    When a client lets go of every capability on a job that has not ended,
+    because it quit or its connection dropped, the job is cancelled.
+    """
+
+    def __init__(self, scheduler: Scheduler, record: JobRecord) -> None:
+        self._scheduler = scheduler
+        self.record = record
+        record.holders += 1
+
+    def __del__(self) -> None:
+        record = self.record
+        record.holders -= 1
+        if record.holders == 0 and not record.state.final:
+            logger.info("Every client let go of job %s; cancelling it", record.id)
+            asyncio.get_event_loop().create_task(self._scheduler.cancel(record))
+
+
+class TicketServer(_Holder, schema.build.Ticket.Server):  # type: ignore[misc]
+    @remote
+    async def job(self, **_: Any) -> Any:
+        await self.record.started.wait()
+        return JobServer(self._scheduler, self.record), self.record.worker
+
+    @remote
+    async def cancel(self, **_: Any) -> None:
+        await self._scheduler.cancel(self.record)
+
+    @remote
+    async def status(self, _context: Any, **_: Any) -> None:
+        status = _context.results.init("status")
+        record = self.record
+        status.id = record.id
+        status.pool = record.pool
+        status.state = record.state.value
+        status.worker = record.worker
+        status.attempt = record.attempt
+        if record.state is JobState.QUEUED:
+            status.queuePosition = self._scheduler.position(record)
+
+
+class JobServer(_Holder, schema.build.Job.Server):  # type: ignore[misc]
+    @remote
+    async def log(self, start: int, **_: Any) -> tuple[bytes, int]:
+        return await self.record.log.read(start)
+
+    @remote
+    async def result(self, _context: Any, **_: Any) -> None:
+        await self.record.finished.wait()
+        outcome = self.record.outcome
+        assert outcome is not None
+        result = _context.results.init("outcome")
+        if outcome.state is JobState.SUCCEEDED:
+            result.success = outcome.detail
+        elif outcome.state is JobState.FAILED:
+            result.failure = outcome.detail
+        else:
+            result.cancelled = None
+
+    @remote
+    async def cancel(self, **_: Any) -> None:
+        await self._scheduler.cancel(self.record)
+
+
+class RegistrationServer(schema.build.Registration.Server):  # type: ignore[misc]
+    def __init__(self, scheduler: Scheduler, pool: str) -> None:
+        self._scheduler = scheduler
+        self._pool = pool
+
+    @remote
+    async def register(self, name: str, worker: Any, capacity: int, **_: Any) -> Any:
+        session = self._scheduler.register(self._pool, name, capacity, worker)
+        return QueueServer(self._scheduler, session)
+
+
+class QueueServer(schema.build.Queue.Server):  # type: ignore[misc]
+    """A worker's session: when the worker lets go of it, the worker has left."""
+
+    def __init__(self, scheduler: Scheduler, session: WorkerSession) -> None:
+        self._scheduler = scheduler
+        self._session = session
+
+    def __del__(self) -> None:
+        self._scheduler.unregister(self._session)
+
+    @remote
+    async def pop(self, job: Any, _context: Any, **_: Any) -> None:
+        record = await self._scheduler.pop(self._session, job)
+        _context.results.id = record.id
+        _context.results.description = record.description
+
+    @remote
+    async def setActive(self, active: bool, **_: Any) -> None:  # noqa: N802
+        self._scheduler.set_active(self._session, active)
+
+    @remote
+    async def cachePruned(self, **_: Any) -> None:  # noqa: N802
+        raise ServiceError(f"cache pruning reports are {_NOT_YET}")
+
+
+class AdminServer(schema.build.Admin.Server):  # type: ignore[misc]
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+
+    @remote
+    async def pools(self, **_: Any) -> list[str]:
+        return sorted(self._scheduler.pools)
+
+    @remote
+    async def pool(self, name: str, **_: Any) -> Any:
+        self._scheduler.pool(name)
+        return PoolAdminServer(self._scheduler, name)
+
+    @remote
+    async def addClient(self, name: str, **_: Any) -> None:  # noqa: N802
+        raise ServiceError(f"client management is {_NOT_YET}")
+
+    @remote
+    async def removeClient(self, name: str, **_: Any) -> None:  # noqa: N802
+        raise ServiceError(f"client management is {_NOT_YET}")
+
+    @remote
+    async def listClients(self, **_: Any) -> None:  # noqa: N802
+        raise ServiceError(f"client management is {_NOT_YET}")
+
+    @remote
+    async def job(self, id: str, **_: Any) -> Any:
+        record = self._scheduler.jobs.get(id)
+        if record is None:
+            raise ServiceError(f"no job {id!r}")
+        return TicketServer(self._scheduler, record)
+
+
+class PoolAdminServer(schema.build.PoolAdmin.Server):  # type: ignore[misc]
+    def __init__(self, scheduler: Scheduler, pool: str) -> None:
+        self._scheduler = scheduler
+        self._pool = pool
+
+    @remote
+    async def show(self, **_: Any) -> str:
+        return self._scheduler.pools[self._pool].show()
+
+    @remote
+    async def workers(self, _context: Any, **_: Any) -> None:
+        workers = self._scheduler.pools[self._pool].workers
+        result = _context.results.init("workers", len(workers))
+        for item, worker in zip(result, workers, strict=True):
+            item.name = worker.name
+            item.capacity = worker.capacity
+            item.running = len(worker.running)
+            item.active = worker.active
+            item.connected = True
+
+    @remote
+    async def setActive(self, worker: str, active: bool, **_: Any) -> None:  # noqa: N802
+        raise ServiceError(f"pausing workers is {_NOT_YET}")
+
+    @remote
+    async def drain(self, worker: str, progress: Any, **_: Any) -> None:
+        raise ServiceError(f"draining workers is {_NOT_YET}")
+
+    @remote
+    async def forget(self, worker: str, **_: Any) -> None:
+        raise ServiceError(f"forgetting workers is {_NOT_YET}")
+
+    @remote
+    async def setRate(self, client: str, rate: float, **_: Any) -> None:  # noqa: N802
+        raise ServiceError(f"client rates are {_NOT_YET}")

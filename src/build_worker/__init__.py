@@ -1,0 +1,1 @@
+"""The build worker agent: run the builds a pool hands out."""

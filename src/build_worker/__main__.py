@@ -1,0 +1,3 @@
+from build_worker.cli import main
+
+main()

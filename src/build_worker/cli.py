@@ -1,0 +1,61 @@
+"""The ``build-worker`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import capnp
+import click
+
+from build_api import __version__
+from build_api.errors import BuildSystemError
+from build_worker.agent import WorkerConfig, run_worker
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="build-worker")
+@click.argument("pool_cap", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="This worker's name, unique in its pool.")
+@click.option(
+    "--capacity",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="How many builds to run at once.",
+)
+@click.option(
+    "--docker-host",
+    envvar="DOCKER_HOST",
+    help="The Docker engine's address (default: the local socket).",
+)
+@click.option(
+    "--build-network",
+    help="Network mode for RUN steps (for example 'host'); default: the engine's.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
+def main(
+    pool_cap: Path,
+    name: str,
+    capacity: int,
+    docker_host: str | None,
+    build_network: str | None,
+    verbose: bool,
+) -> None:
+    """Build the jobs of the pool named by POOL_CAP, a pool's .cap file."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = WorkerConfig(
+        cap_file=pool_cap,
+        name=name,
+        capacity=capacity,
+        docker_host=docker_host,
+        build_network=build_network,
+    )
+    try:
+        asyncio.run(capnp.run(run_worker(config)))
+    except BuildSystemError as exc:
+        raise click.ClickException(str(exc)) from None

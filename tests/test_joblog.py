@@ -1,0 +1,52 @@
+"""The job log: byte-exact chunks, long-polling, negative offsets."""
+
+from __future__ import annotations
+
+import asyncio
+
+from build_api.joblog import JobLog
+
+
+async def read_all(log: JobLog, *, limit: int) -> bytes:
+    out, offset = b"", 0
+    while True:
+        chunk, offset = await log.read(offset, limit=limit)
+        if not chunk:
+            return out
+        out += chunk
+
+
+async def test_multibyte_text_survives_every_chunk_boundary() -> None:
+    text = "héllo → wörld 🎉\n".encode()
+    log = JobLog()
+    log.write(text)
+    log.close()
+    for limit in range(1, len(text) + 1):
+        assert await read_all(log, limit=limit) == text
+
+
+async def test_reader_waits_for_more_then_sees_the_end() -> None:
+    log = JobLog()
+    reader = asyncio.create_task(read_all(log, limit=4))
+    await asyncio.sleep(0)
+    log.write(b"abc")
+    await asyncio.sleep(0)
+    log.write(b"defgh")
+    assert not reader.done()
+    log.close()
+    assert await reader == b"abcdefgh"
+
+
+async def test_negative_start_counts_from_the_end() -> None:
+    log = JobLog()
+    log.write(b"0123456789")
+    assert await log.read(-3) == (b"789", 10)
+    assert await log.read(-100) == (b"0123456789", 10)
+
+
+async def test_read_past_end_of_closed_log_is_empty() -> None:
+    log = JobLog()
+    log.write(b"abc")
+    log.close()
+    assert await log.read(3) == (b"", 3)
+    assert await log.read(50) == (b"", 3)
