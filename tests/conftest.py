@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,17 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def dockerfile(tmp_path: Path):
-    """Write a Dockerfile with the given text; returns its path."""
+def dockerfile(tmp_path: Path) -> Callable[..., Path]:
+    """Write a Dockerfile with the given text; returns its path.
 
-    def write(text: str, name: str = "Dockerfile") -> Path:
+    A unique label goes after the first line so that the engine's build cache
+    cannot answer for the steps after it: each test sees its RUN steps run.
+    """
+
+    def write(text: str, name: str = "Dockerfile", *, cached: bool = False) -> Path:
+        if not cached:
+            first, _, rest = text.partition("\n")
+            text = f"{first}\nLABEL test.nonce={uuid.uuid4().hex}\n{rest}"
         path = tmp_path / name
         path.write_text(text)
         return path

@@ -140,15 +140,19 @@ def test_ctrl_c_on_a_queued_job_takes_it_off_the_queue(
     assert "0 queued" in cluster.show("linux")
 
 
+def running_commands() -> str:
+    ps = subprocess.run(
+        ["docker", "ps", "--no-trunc", "--format", "{{.Command}}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return ps.stdout
+
+
 def test_ctrl_c_on_a_running_build_stops_it(cluster: Cluster, dockerfile) -> None:
     worker = cluster.start_worker("w1")
     sleeper = dockerfile("FROM busybox\nRUN echo sleeping && sleep 600\n")
     proc = cluster.submit_in_background(sleeper)
-    wait_for(
-        lambda: "cancelled" not in worker.log and "Got job" in worker.log,
-        "the build to start",
-    )
-    time.sleep(2)  # let the RUN step begin
+    wait_for(lambda: "sleep 600" in running_commands(), "the RUN step to start")
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
@@ -157,6 +161,7 @@ def test_ctrl_c_on_a_running_build_stops_it(cluster: Cluster, dockerfile) -> Non
         lambda: "cancelled" in worker.log, "the worker to stop the build", timeout=60
     )
     assert time.monotonic() - started < 60
+    wait_for(lambda: "sleep 600" not in running_commands(), "the build container to go")
     # The slot is free again: the next job runs.
     ok = cluster.submit(
         dockerfile("FROM busybox\nRUN echo next-one\n", "Dockerfile.next")
