@@ -207,3 +207,31 @@ def test_workers_survive_a_scheduler_restart(cluster: Cluster, dockerfile) -> No
     cluster.start_worker("w1")
     again = cluster.submit(dockerfile("FROM busybox\nRUN echo restarted-worker\n"))
     assert again.returncode == 0, again.stderr
+
+
+def test_killed_client_cancels_its_running_build(cluster: Cluster, dockerfile) -> None:
+    worker = cluster.start_worker("w1")
+    proc = cluster.submit_in_background(
+        dockerfile("FROM busybox\nRUN echo orphan && sleep 600\n")
+    )
+    wait_for(lambda: "sleep 600" in running_commands(), "the RUN step to start")
+    proc.kill()  # no chance to cancel: the scheduler sees the connection drop
+    proc.communicate()
+    wait_for(lambda: "cancelled" in worker.log, "the worker to stop the build")
+    wait_for(lambda: "sleep 600" not in running_commands(), "the build container to go")
+    assert "let go of job" in cluster.scheduler.log
+
+
+def test_worker_killed_mid_build_fails_the_job_clearly(
+    cluster: Cluster, dockerfile
+) -> None:
+    worker = cluster.start_worker("w1")
+    proc = cluster.submit_in_background(
+        dockerfile("FROM busybox\nRUN echo doomed && sleep 600\n")
+    )
+    wait_for(lambda: "sleep 600" in running_commands(), "the RUN step to start")
+    worker.stop(signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "worker w1 was lost during the build" in err
+    assert "worker w1 was lost during the build" in out  # the log says it too

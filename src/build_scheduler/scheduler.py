@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,10 @@ from build_scheduler.jobs import JobRecord, JobState, Outcome
 from build_scheduler.pool import Assignment, Pool, QueuedJob
 
 logger = logging.getLogger(__name__)
+
+# Finished jobs stay visible (by id, with their logs) until this many newer
+# jobs have finished.
+FINISHED_JOBS_KEPT = 1000
 
 
 @dataclass(eq=False)
@@ -50,6 +55,7 @@ class Scheduler:
         self.jobs: dict[str, JobRecord] = {}
         self._sessions: dict[tuple[str, str], WorkerSession] = {}
         self._slots: dict[object, _Slot] = {}
+        self._finished: deque[str] = deque()
 
     def pool(self, name: str) -> Pool:
         try:
@@ -68,6 +74,7 @@ class Scheduler:
         pool = self.pool(pool_name)
         record = JobRecord(secrets.token_hex(6), pool_name, client, description)
         self.jobs[record.id] = record
+        record.on_finish.append(self._retire)
         queued = QueuedJob(record.id, client, urgent, self._clock(), payload=record)
         logger.info("Job %s queued in pool %s for %s", record.id, pool_name, client)
         self._start(pool.submit(queued))
@@ -84,6 +91,11 @@ class Scheduler:
         elif record.state is JobState.RUNNING:
             logger.info("Cancelling job %s on %s", record.id, record.worker)
             await record.cancel_running()
+
+    def _retire(self, record: JobRecord) -> None:
+        self._finished.append(record.id)
+        while len(self._finished) > FINISHED_JOBS_KEPT:
+            self.jobs.pop(self._finished.popleft(), None)
 
     def position(self, record: JobRecord) -> int:
         position = self.pools[record.pool].queue_position(record.id)
