@@ -12,7 +12,9 @@ from build_scheduler.scheduler import Scheduler
 
 async def test_unknown_pool_is_refused_with_the_known_pools() -> None:
     scheduler = Scheduler(["linux", "arm"])
-    with pytest.raises(ServiceError, match=r"unknown pool 'x' \(known pools: arm, linux\)"):
+    with pytest.raises(
+        ServiceError, match=r"unknown pool 'x' \(known pools: arm, linux\)"
+    ):
         scheduler.submit("x", None, urgent=False, client="c")
     assert scheduler.jobs == {}
 
@@ -29,7 +31,9 @@ async def test_cancelling_a_queued_job_ends_its_log() -> None:
 async def test_only_the_newest_finished_jobs_are_kept(monkeypatch) -> None:
     monkeypatch.setattr(scheduler_module, "FINISHED_JOBS_KEPT", 2)
     scheduler = Scheduler(["linux"])
-    records = [scheduler.submit("linux", None, urgent=False, client="c") for _ in range(4)]
+    records = [
+        scheduler.submit("linux", None, urgent=False, client="c") for _ in range(4)
+    ]
     for record in records[:3]:
         record.finish(Outcome(JobState.FAILED, "test"))
     assert set(scheduler.jobs) == {r.id for r in records[1:]}
