@@ -69,9 +69,11 @@ class DockerBuilder:
     ):
         self._docker_host = docker_host
         self._network_mode = network_mode
+        # Learnt once by check_engine, so that builds skip the version query.
+        self._api_version = "auto"
 
     def _client(self) -> _StreamCapturingClient:
-        kwargs: dict[str, Any] = {"version": "auto"}
+        kwargs: dict[str, Any] = {"version": self._api_version}
         if self._docker_host:
             kwargs["base_url"] = self._docker_host
         try:
@@ -83,7 +85,9 @@ class DockerBuilder:
         """The engine's version; raises :class:`BuildError` if it does not answer."""
         client = self._client()
         try:
-            return str(client.version()["Version"])
+            version = client.version()
+            self._api_version = str(version["ApiVersion"])
+            return str(version["Version"])
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise BuildError(f"the Docker engine does not answer: {exc}") from None
         finally:
