@@ -111,11 +111,13 @@ class Cluster:
         capacity: int = 1,
         pool: str | None = None,
         wait: bool = True,
+        extra: list[str] | None = None,
     ) -> Process:
         pool = pool or self.pools[0]
         args = [
             sys.executable, "-m", "build_worker", str(self.cap(f"pool-{pool}")),
             f"--name={name}", f"--capacity={capacity}",
+            f"--state-dir={self.worker_state(name)}", *(extra or []),
         ]  # fmt: skip
         if self.build_network:
             args.append(f"--build-network={self.build_network}")
@@ -164,6 +166,26 @@ class Cluster:
             dockerfile,
             *extra,
             timeout=timeout,
+        )
+
+    def worker_state(self, name: str) -> Path:
+        return self.root / f"worker-{name}-state"
+
+    def submit_repo(
+        self, *args: str | Path, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """Submit with only the arguments given after the pool."""
+        return self.client(
+            "submit", self.cap("submission"), f"--pool={self.pools[0]}", *args,
+            timeout=timeout,
+        )  # fmt: skip
+
+    def submit_repo_in_background(self, *args: str | Path) -> subprocess.Popen[str]:
+        args_ = self.client_args(
+            "submit", self.cap("submission"), f"--pool={self.pools[0]}", *args
+        )
+        return subprocess.Popen(
+            args_, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
 
     def submit_in_background(

@@ -235,3 +235,62 @@ def test_worker_killed_mid_build_fails_the_job_clearly(
     assert proc.returncode == 1
     assert "worker w1 was lost during the build" in err
     assert "worker w1 was lost during the build" in out  # the log says it too
+
+
+def image_file(image_id: str, path: str) -> str:
+    run = subprocess.run(["docker", "run", "--rm", image_id, "cat", path],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return run.stdout
+
+
+def test_build_args_split_on_the_first_equals_sign(
+    cluster: Cluster, dockerfile
+) -> None:
+    cluster.start_worker("w1")
+    path = dockerfile(
+        "FROM busybox\nARG FIRST\nARG SECOND\n"
+        'RUN printf "%s|%s" "$FIRST" "$SECOND" > /args\n'
+    )
+    result = cluster.submit(
+        path, "--build-arg", "FIRST=a=b c", "--build-arg", "SECOND="
+    )
+    assert result.returncode == 0, result.stderr
+    image_id = result.stdout.strip().splitlines()[-1]
+    assert image_file(image_id, "/args") == "a=b c|"
+
+
+def test_target_builds_only_up_to_that_stage(cluster: Cluster, dockerfile) -> None:
+    cluster.start_worker("w1")
+    path = dockerfile(
+        "FROM busybox AS first\nRUN echo first > /stage\n"
+        "FROM busybox AS second\nRUN echo second > /stage\n"
+    )
+    result = cluster.submit(path, "--target", "first")
+    assert result.returncode == 0, result.stderr
+    assert image_file(result.stdout.strip().splitlines()[-1], "/stage") == "first\n"
+
+
+def test_no_cache_runs_every_step_again(cluster: Cluster, dockerfile) -> None:
+    cluster.start_worker("w1")
+    path = dockerfile("FROM busybox\nRUN echo cached-step\n", cached=True)
+    assert cluster.submit(path).returncode == 0
+    again = cluster.submit(path)
+    assert "Using cache" in again.stdout
+    fresh = cluster.submit(path, "--no-cache")
+    assert fresh.returncode == 0, fresh.stderr
+    assert "Using cache" not in fresh.stdout
+    assert "cached-step" in fresh.stdout
+
+
+def test_squash_works_or_says_why_not(cluster: Cluster, dockerfile) -> None:
+    cluster.start_worker("w1")
+    result = cluster.submit(dockerfile("FROM busybox\nRUN echo squashed\n"), "--squash")
+    experimental = subprocess.run(
+        ["docker", "info", "--format", "{{.ExperimentalBuild}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    if experimental == "true":
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode == 1
+        assert "experimental" in result.stderr

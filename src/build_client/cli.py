@@ -7,13 +7,13 @@ import logging
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import capnp
 import click
 
 from build_api import __version__
-from build_api.cli_support import EXIT_FAILED, UsageError, configure_logging
+from build_api.cli_support import UsageError, configure_logging
 from build_api.errors import ConfigError, ConnectError, ServiceError
 from build_api.sturdy import read_cap_file
 from build_client.show import show as show_pool
@@ -23,12 +23,6 @@ from build_client.submit import submit as submit_job
 T = TypeVar("T")
 
 _cap_path = click.Path(dir_okay=False, path_type=Path)
-
-
-class RequestFailed(click.ClickException):
-    """The scheduler refused the request."""
-
-    exit_code = EXIT_FAILED
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -60,46 +54,73 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.argument("submission_cap", type=_cap_path)
-@click.argument("dockerfile", type=click.File("r"))
+@click.argument("sources", nargs=-1, metavar="[DOCKERFILE] [REPOSITORY COMMIT...]")
 @click.option("--pool", required=True, help="The pool to build in.")
-@click.option("--urgent", is_flag=True, help="Put the job ahead of non-urgent ones.")
 @click.option(
-    "--build-arg",
-    "build_args",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A build argument; repeat for more.",
+    "--dockerfile-path",
+    default="",
+    help="Use this Dockerfile inside the repository instead of a local one.",
 )
+@click.option("--urgent", is_flag=True, help="Put the job ahead of non-urgent ones.")
+@click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE",
+              help="A build argument; repeat for more.")  # fmt: skip
 @click.option("--target", default="", help="The Dockerfile stage to build.")
 @click.option("--no-cache", is_flag=True, help="Do not use the build cache.")
 @click.option("--squash", is_flag=True, help="Squash the new layers into one.")
 @click.option("--cache-hint", default="", help="Jobs with the same hint share a cache.")
+@click.option("--push-to", default="", metavar="REPOSITORY:TAG",
+              help="Push the image there; the result is its RepoId.")  # fmt: skip
+@click.option("--push-user", default="", help="User name for the registry.")
+@click.option(
+    "--push-password",
+    "push_password_file",
+    type=click.File("r"),
+    help="File holding the registry password.",
+)
 def submit(
     submission_cap: Path,
-    dockerfile: Any,
+    sources: tuple[str, ...],
     pool: str,
+    dockerfile_path: str,
     urgent: bool,
     build_args: tuple[str, ...],
     target: str,
     no_cache: bool,
     squash: bool,
     cache_hint: str,
+    push_to: str,
+    push_user: str,
+    push_password_file: TextIO | None,
 ) -> None:
-    """Build DOCKERFILE ('-' for standard input) in a pool and stream its log.
+    """Build in a pool and stream the log.
 
-    The log goes to standard output as it arrives, then the image id. Exits
-    0 when the build succeeds, 1 when it fails, 2 when the request cannot be
-    made. Ctrl-C cancels the job before exiting.
+    DOCKERFILE is a local Dockerfile ('-' for standard input); leave it out
+    with --dockerfile-path. REPOSITORY and COMMITs make the build context:
+    the first commit is checked out and the others merged into it in order.
+
+    The log goes to standard output as it arrives, then the image id (or the
+    pushed RepoId). Exits 0 when the build succeeds, 1 when it fails, 2 when
+    the request cannot be made. Ctrl-C cancels the job before exiting.
     """
     for item in build_args:
         if "=" not in item:
             raise click.BadParameter(
                 f"{item!r} is not KEY=VALUE", param_hint="--build-arg"
             )
+    dockerfile, repository, commits = _split_sources(sources, dockerfile_path)
+    if push_to and push_user and push_password_file is None:
+        raise UsageError("--push-user needs --push-password FILE")
+    password = push_password_file.read().rstrip("\r\n") if push_password_file else ""
     request = SubmitRequest(
         cap_file=submission_cap,
         pool=pool,
-        dockerfile=dockerfile.read(),
+        dockerfile=dockerfile,
+        dockerfile_path=dockerfile_path,
+        repository=repository,
+        commits=commits,
+        push_to=push_to,
+        push_user=push_user,
+        push_password=password,
         urgent=urgent,
         build_args=list(build_args),
         target=target,
@@ -109,6 +130,37 @@ def submit(
     )
     code = _run(submit_job(_read_ref(submission_cap), request))
     sys.exit(code)
+
+
+def _split_sources(
+    sources: tuple[str, ...], dockerfile_path: str
+) -> tuple[str, str, list[str]]:
+    """The Dockerfile's contents, the repository and the commits."""
+    args = list(sources)
+    contents = ""
+    if not dockerfile_path:
+        if not args:
+            raise UsageError(
+                "give a DOCKERFILE, or --dockerfile-path with a repository"
+            )
+        contents = _read_dockerfile(args.pop(0))
+    if not args:
+        if dockerfile_path:
+            raise UsageError("--dockerfile-path needs a REPOSITORY and a COMMIT")
+        return contents, "", []
+    repository, *commits = args
+    if not commits:
+        raise UsageError(f"give at least one COMMIT of {repository} to build")
+    return contents, repository, commits
+
+
+def _read_dockerfile(name: str) -> str:
+    if name == "-":
+        return sys.stdin.read()
+    try:
+        return Path(name).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read Dockerfile {name}: {exc}") from None
 
 
 @main.command()

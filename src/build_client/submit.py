@@ -26,7 +26,13 @@ CANCEL_TIMEOUT_SECONDS = 10.0
 class SubmitRequest:
     cap_file: Path
     pool: str
-    dockerfile: str
+    dockerfile: str = ""  # the Dockerfile's contents
+    dockerfile_path: str = ""  # or its path inside the repository
+    repository: str = ""
+    commits: list[str] = field(default_factory=list)
+    push_to: str = ""
+    push_user: str = ""
+    push_password: str = field(default="", repr=False)
     urgent: bool = False
     build_args: list[str] = field(default_factory=list)
     target: str = ""
@@ -37,7 +43,17 @@ class SubmitRequest:
 
 def _description(request: SubmitRequest) -> Any:
     description = schema.build.JobDescription.new_message()
-    description.dockerfile.contents = request.dockerfile
+    if request.dockerfile_path:
+        description.dockerfile.path = request.dockerfile_path
+    else:
+        description.dockerfile.contents = request.dockerfile
+    description.repository = request.repository
+    description.commits = request.commits
+    if request.push_to:
+        push = description.init("push")
+        push.target = request.push_to
+        push.user = request.push_user
+        push.password = request.push_password
     description.buildArgs = request.build_args
     description.target = request.target
     description.noCache = request.no_cache

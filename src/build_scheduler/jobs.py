@@ -84,6 +84,8 @@ class JobRecord:
         self.outcome = outcome
         self.log.close()
         self._worker_job = None
+        # The description may hold a registry password: keep it no longer.
+        self.description = None
         self.started.set()  # so nobody waits for a start that will not come
         self.finished.set()
         for callback in self.on_finish:

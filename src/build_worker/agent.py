@@ -24,7 +24,8 @@ from build_api.errors import ConnectError, ServiceError
 from build_api.rpc import connect_and_restore, remote, remote_message
 from build_api.sturdy import SturdyRef, read_cap_file
 from build_worker.builder import DockerBuilder
-from build_worker.job import WorkerJob, run_job
+from build_worker.git_context import GitMirrors
+from build_worker.job import JobEnvironment, WorkerJob, run_job
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ class WorkerConfig:
     cap_file: Path
     name: str
     capacity: int
+    state_dir: Path = Path("var/build-worker")
     docker_host: str | None = None
     build_network: str | None = None
+    allowed_pushes: frozenset[str] = frozenset()
 
 
 class WorkerServer(schema.build.Worker.Server):  # type: ignore[misc]
@@ -59,6 +62,12 @@ class Agent:
         self._ref = ref
         self._builder = DockerBuilder(
             docker_host=config.docker_host, network_mode=config.build_network
+        )
+        self._env = JobEnvironment(
+            worker_name=config.name,
+            builder=self._builder,
+            mirrors=GitMirrors(config.state_dir),
+            allowed_pushes=config.allowed_pushes,
         )
 
     async def run(self) -> None:
@@ -126,13 +135,7 @@ class Agent:
             logger.info("Requesting a new job...")
             reply = await queue.pop(job)
             logger.info("Got job %s", reply.id)
-            await run_job(
-                reply.id,
-                reply.description,
-                job,
-                worker_name=self._config.name,
-                builder=self._builder,
-            )
+            await run_job(reply.id, reply.description, job, self._env)
 
 
 async def run_worker(config: WorkerConfig) -> None:

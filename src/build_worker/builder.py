@@ -72,7 +72,7 @@ class DockerBuilder:
         # Learnt once by check_engine, so that builds skip the version query.
         self._api_version = "auto"
 
-    def _client(self) -> _StreamCapturingClient:
+    def api_client(self) -> _StreamCapturingClient:
         kwargs: dict[str, Any] = {"version": self._api_version}
         if self._docker_host:
             kwargs["base_url"] = self._docker_host
@@ -83,7 +83,7 @@ class DockerBuilder:
 
     def check_engine(self) -> str:
         """The engine's version; raises :class:`BuildError` if it does not answer."""
-        client = self._client()
+        client = self.api_client()
         try:
             version = client.version()
             self._api_version = str(version["ApiVersion"])
@@ -106,7 +106,7 @@ class DockerBuilder:
         :class:`BuildCancelled` if ``cancelled`` is set before it ends.
         """
         loop = asyncio.get_running_loop()
-        client = self._client()
+        client = self.api_client()
 
         def log_from_thread(data: bytes) -> None:
             loop.call_soon_threadsafe(write_log, data)

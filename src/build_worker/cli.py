@@ -34,6 +34,20 @@ from build_worker.agent import WorkerConfig, run_worker
     "--build-network",
     help="Network mode for RUN steps (for example 'host'); default: the engine's.",
 )
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var/build-worker"),
+    show_default=True,
+    help="Where the worker keeps its git mirrors.",
+)
+@click.option(
+    "--allow-push",
+    "allow_push",
+    multiple=True,
+    metavar="REPOSITORY",
+    help="A repository jobs may push images to; repeat for more.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
 def main(
     pool_cap: Path,
@@ -41,6 +55,8 @@ def main(
     capacity: int,
     docker_host: str | None,
     build_network: str | None,
+    state_dir: Path,
+    allow_push: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Build the jobs of the pool named by POOL_CAP, a pool's .cap file."""
@@ -52,8 +68,10 @@ def main(
         cap_file=pool_cap,
         name=name,
         capacity=capacity,
+        state_dir=state_dir,
         docker_host=docker_host,
         build_network=build_network,
+        allowed_pushes=frozenset(allow_push),
     )
     try:
         asyncio.run(capnp.run(run_worker(config)))

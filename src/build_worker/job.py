@@ -6,7 +6,8 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from build_api import schema
@@ -14,6 +15,13 @@ from build_api.errors import BuildError
 from build_api.joblog import JobLog
 from build_api.rpc import remote
 from build_worker.builder import BuildCancelled, BuildSpec, DockerBuilder
+from build_worker.git_context import GitMirrors
+from build_worker.push import (
+    PushTarget,
+    check_push_allowed,
+    parse_push_target,
+    push_image,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,42 +65,90 @@ class WorkerJob(schema.build.Job.Server):  # type: ignore[misc]
         self.cancelled.set()
 
 
-def build_spec(description: Any) -> BuildSpec:
-    """The docker build options of a job description."""
+@dataclass(frozen=True)
+class JobSpec:
+    """A job description from the wire, in this worker's terms."""
+
+    build: BuildSpec
+    dockerfile_contents: str | None
+    repository: str
+    commits: list[str]
+    push: PushTarget | None
+
+
+# The client's Dockerfile, when it builds a repository, goes into the context
+# under a name no repository is likely to use.
+CLIENT_DOCKERFILE = ".build-worker.Dockerfile"
+
+
+def job_spec(description: Any) -> JobSpec:
+    """Translate a ``JobDescription``, refusing what cannot be built."""
     build_args = {}
     for item in description.buildArgs:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise BuildError(f"build argument {item!r} is not KEY=VALUE")
         build_args[key] = value
-    return BuildSpec(
-        build_args=build_args,
-        target=description.target,
-        squash=description.squash,
-        no_cache=description.noCache,
+    repository = description.repository
+    if description.dockerfile.which() == "contents":
+        contents: str | None = description.dockerfile.contents
+        dockerfile = CLIENT_DOCKERFILE if repository else "Dockerfile"
+    else:
+        contents = None
+        dockerfile = _safe_relative_path(description.dockerfile.path)
+    push = None
+    if description._has("push") and description.push.target:
+        push = parse_push_target(
+            description.push.target,
+            user=description.push.user,
+            password=description.push.password,
+        )
+    return JobSpec(
+        build=BuildSpec(
+            dockerfile=dockerfile,
+            build_args=build_args,
+            target=description.target,
+            squash=description.squash,
+            no_cache=description.noCache,
+        ),
+        dockerfile_contents=contents,
+        repository=repository,
+        commits=list(description.commits),
+        push=push,
     )
 
 
+def _safe_relative_path(path: str) -> str:
+    parts = PurePosixPath(path).parts
+    if not parts or path.startswith("/") or ".." in parts:
+        raise BuildError(
+            f"Dockerfile path {path!r} must be relative and inside the repository"
+        )
+    return str(PurePosixPath(*parts))
+
+
+@dataclass(frozen=True)
+class JobEnvironment:
+    """What every job on this worker shares."""
+
+    worker_name: str
+    builder: DockerBuilder
+    mirrors: GitMirrors
+    allowed_pushes: frozenset[str]
+
+
 async def run_job(
-    job_id: str,
-    description: Any,
-    job: WorkerJob,
-    *,
-    worker_name: str,
-    builder: DockerBuilder,
+    job_id: str, description: Any, job: WorkerJob, env: JobEnvironment
 ) -> None:
     """Build one job, writing its log into ``job`` and setting its outcome."""
     log = job.log_buffer
-    log.write(f"Building on {worker_name}\n".encode())
+    log.write(f"Building on {env.worker_name}\n".encode())
     context = Path(tempfile.mkdtemp(prefix=f"build-{job_id}-"))
     try:
-        spec = build_spec(description)
-        if description.repository:
-            raise BuildError(
-                "building from a git repository is not supported yet by this worker"
-            )
-        (context / spec.dockerfile).write_text(description.dockerfile.contents)
-        image_id = await builder.build(context, spec, log.write, job.cancelled)
+        spec = job_spec(description)
+        if spec.push is not None:
+            check_push_allowed(spec.push, env.allowed_pushes)
+        output = await _build_and_push(spec, context / "src", job, env)
     except asyncio.CancelledError:
         log.write(b"\nThe worker stopped during the build.\n")
         job.set_outcome("failure", "the worker stopped during the build")
@@ -110,7 +166,29 @@ async def run_job(
         log.write(f"\nBuild failed: internal error in the worker: {exc}\n".encode())
         job.set_outcome("failure", f"internal error in the worker: {exc}")
     else:
-        logger.info("Job %s built image %s", job_id, image_id)
-        job.set_outcome("success", image_id)
+        logger.info("Job %s built %s", job_id, output)
+        job.set_outcome("success", output)
     finally:
-        shutil.rmtree(context, ignore_errors=True)
+        # A repository's context can be large: remove it off the event loop.
+        await asyncio.to_thread(shutil.rmtree, context, ignore_errors=True)
+
+
+async def _build_and_push(
+    spec: JobSpec, context: Path, job: WorkerJob, env: JobEnvironment
+) -> str:
+    log = job.log_buffer
+    if spec.repository:
+        await env.mirrors.checkout(spec.repository, spec.commits, context, log.write)
+    else:
+        context.mkdir()
+    dockerfile = context / spec.build.dockerfile
+    if spec.dockerfile_contents is not None:
+        dockerfile.write_text(spec.dockerfile_contents)
+    elif not dockerfile.is_file():
+        raise BuildError(
+            f"there is no Dockerfile at {spec.build.dockerfile} in the repository"
+        )
+    image_id = await env.builder.build(context, spec.build, log.write, job.cancelled)
+    if spec.push is None:
+        return image_id
+    return await push_image(env.builder, image_id, spec.push, log.write)
