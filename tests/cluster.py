@@ -112,10 +112,11 @@ class Cluster:
         pool: str | None = None,
         wait: bool = True,
         extra: list[str] | None = None,
+        cap: Path | None = None,
     ) -> Process:
         pool = pool or self.pools[0]
         args = [
-            sys.executable, "-m", "build_worker", str(self.cap(f"pool-{pool}")),
+            sys.executable, "-m", "build_worker", str(cap or self.cap(f"pool-{pool}")),
             f"--name={name}", f"--capacity={capacity}",
             f"--state-dir={self.worker_state(name)}", *(extra or []),
         ]  # fmt: skip

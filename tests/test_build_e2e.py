@@ -294,3 +294,23 @@ def test_squash_works_or_says_why_not(cluster: Cluster, dockerfile) -> None:
     else:
         assert result.returncode == 1
         assert "experimental" in result.stderr
+
+
+def test_second_worker_with_a_live_name_is_refused(
+    cluster: Cluster, dockerfile
+) -> None:
+    first = cluster.start_worker("w1")
+    second = cluster.start_worker("w1", wait=False)
+    assert second.popen.wait(60) == 2
+    assert "a worker named 'w1' is already connected to pool linux" in second.log
+    assert first.popen.poll() is None
+    ok = cluster.submit(dockerfile("FROM busybox\nRUN echo first-still-works\n"))
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_worker_with_the_wrong_capability_exits_instead_of_retrying(
+    cluster: Cluster,
+) -> None:
+    worker = cluster.start_worker("w1", wait=False, cap=cluster.cap("submission"))
+    assert worker.popen.wait(60) == 2
+    assert "it cannot be used for registering workers" in worker.log

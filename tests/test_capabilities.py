@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import capnp
 import pytest
 
 from build_api import schema
-from build_api.errors import ConnectError, PeerKeyMismatchError
+from build_api.errors import PeerKeyMismatchError, ServiceError
 from build_api.keys import SecretKey, b64url
 from build_api.rpc import connect_and_restore
 from build_api.sturdy import SturdyRef, read_cap_file, write_cap_file
@@ -123,7 +125,7 @@ async def test_submission_cap_cannot_register(cluster: Cluster) -> None:
     ref = read_cap_file(cluster.cap("submission"))
     async with capnp.kj_loop():
         with pytest.raises(
-            ConnectError, match="cannot be used for registering workers"
+            ServiceError, match="cannot be used for registering workers"
         ):
             await connect_and_restore(ref, schema.build.Registration)
 
@@ -150,3 +152,20 @@ def test_scheduler_logs_what_an_operator_needs(cluster: Cluster) -> None:
 def test_sigterm_stops_the_scheduler_cleanly(cluster: Cluster) -> None:
     assert cluster.scheduler.stop() == 0
     assert "Shutting down" in cluster.scheduler.log
+
+
+def test_port_in_use_is_a_one_line_error(cluster: Cluster, tmp_path: Path) -> None:
+    other = Cluster(tmp_path / "second", port=cluster.port)
+    other.secrets.mkdir(parents=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "build_scheduler",
+         f"--capnp-secret-key-file={other.secrets / 'key.pem'}",
+         f"--capnp-listen-address=tcp:127.0.0.1:{cluster.port}",
+         f"--state-dir={other.root / 'state'}", "--pools=linux"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    address = f"tcp:127.0.0.1:{cluster.port}"
+    assert last == f"Error: cannot listen on {address}: Address already in use"
+    assert "Traceback" not in result.stderr

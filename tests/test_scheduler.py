@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from build_api.errors import ServiceError
@@ -39,10 +41,34 @@ async def test_only_the_newest_finished_jobs_are_kept(monkeypatch) -> None:
     assert set(scheduler.jobs) == {r.id for r in records[1:]}
 
 
-async def test_a_second_registration_replaces_the_first() -> None:
+class StubWorkerCapability:
+    """Stands in for a worker's capability: answers pings, or never does."""
+
+    def __init__(self, *, alive: bool) -> None:
+        self.alive = alive
+
+    async def ping(self) -> None:
+        if not self.alive:
+            await asyncio.sleep(3600)
+
+
+async def test_registration_refused_while_the_name_answers_stub_worker() -> None:
     scheduler = Scheduler(["linux"])
-    first = scheduler.register("linux", "w1", 1, capability=None)
-    second = scheduler.register("linux", "w1", 2, capability=None)
+    first = await scheduler.register("linux", "w1", 1, StubWorkerCapability(alive=True))
+    with pytest.raises(ServiceError, match="'w1' is already connected to pool linux"):
+        await scheduler.register("linux", "w1", 2, StubWorkerCapability(alive=True))
+    assert not first.closed
+
+
+async def test_a_silent_old_session_is_replaced_stub_worker(monkeypatch) -> None:
+    monkeypatch.setattr(scheduler_module, "PING_TIMEOUT_SECONDS", 0.05)
+    scheduler = Scheduler(["linux"])
+    first = await scheduler.register(
+        "linux", "w1", 1, StubWorkerCapability(alive=False)
+    )
+    second = await scheduler.register(
+        "linux", "w1", 2, StubWorkerCapability(alive=True)
+    )
     assert first.closed and not second.closed
     assert [w.capacity for w in scheduler.pools["linux"].workers] == [2]
     with pytest.raises(ServiceError, match="replaced or closed"):

@@ -19,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 import capnp
 
 from build_api import schema
-from build_api.errors import CapFileError, ConnectError, ServiceError
+from build_api.errors import ConnectError, ServiceError
 from build_api.keys import check_peer_certificate, client_ssl_context
 from build_api.sturdy import SturdyRef
 
@@ -51,7 +51,9 @@ class Connection:
                 ref.service_id, schema.interface_id(interface)
             )
         except capnp.KjException as exc:
-            raise ConnectError(remote_message(exc)) from None
+            if is_disconnect(exc):
+                raise ConnectError("the scheduler closed the connection") from None
+            raise ServiceError(remote_message(exc)) from None
         return response.cap.as_interface(interface)
 
     async def disconnected(self) -> None:
@@ -173,24 +175,19 @@ _SERVICE_ERROR_MARK = ServiceError.__name__ + ": "
 
 
 def remote_message(exc: Exception) -> str:
-    """The message a peer meant for us, without pycapnp's traceback around it."""
+    """The message a peer meant for us, without pycapnp's wrapping around it."""
+    if is_disconnect(exc):
+        return "the connection was lost"
     description = str(getattr(exc, "description", None) or exc)
     _, mark, message = description.partition(_SERVICE_ERROR_MARK)
     if mark:
         return message.rstrip("\n")
-    for prefix in ("remote exception: ", "Disconnected: "):
+    for prefix in ("remote exception: ", "message = "):
         description = description.removeprefix(prefix)
-    return (
-        description.strip().splitlines()[-1] if description.strip() else "unknown error"
-    )
+    lines = description.strip().splitlines()
+    return lines[0] if lines else "unknown error"
 
 
-__all__ = [
-    "CapFileError",
-    "Connection",
-    "connect",
-    "connect_and_restore",
-    "remote",
-    "remote_message",
-    "serve",
-]
+def is_disconnect(exc: Exception) -> bool:
+    """Whether a capnp error means the connection is gone (not a refusal)."""
+    return str(getattr(exc, "type", "")) == "DISCONNECTED"

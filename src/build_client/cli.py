@@ -66,8 +66,17 @@ def main(verbose: bool) -> None:
               help="A build argument; repeat for more.")  # fmt: skip
 @click.option("--target", default="", help="The Dockerfile stage to build.")
 @click.option("--no-cache", is_flag=True, help="Do not use the build cache.")
-@click.option("--squash", is_flag=True, help="Squash the new layers into one.")
-@click.option("--cache-hint", default="", help="Jobs with the same hint share a cache.")
+@click.option(
+    "--squash",
+    is_flag=True,
+    help="Squash the new layers into one (engines with experimental features only).",
+)
+@click.option(
+    "--cache-hint",
+    default="",
+    help="A label for jobs likely to share build cache (carried to the scheduler; "
+    "placement does not use it yet).",
+)
 @click.option("--push-to", default="", metavar="REPOSITORY:TAG",
               help="Push the image there; the result is its RepoId.")  # fmt: skip
 @click.option("--push-user", default="", help="User name for the registry.")
@@ -100,7 +109,8 @@ def submit(
 
     The log goes to standard output as it arrives, then the image id (or the
     pushed RepoId). Exits 0 when the build succeeds, 1 when it fails, 2 when
-    the request cannot be made. Ctrl-C cancels the job before exiting.
+    the request cannot be made, 130 when interrupted: Ctrl-C (or SIGTERM)
+    cancels the job before exiting.
     """
     for item in build_args:
         if "=" not in item:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import capnp
+
 from build_api.errors import ServiceError
 from build_scheduler.jobs import JobRecord, JobState, Outcome
 from build_scheduler.pool import Assignment, Pool, QueuedJob
@@ -26,6 +28,8 @@ logger = logging.getLogger(__name__)
 # Finished jobs stay visible (by id, with their logs) until this many newer
 # jobs have finished.
 FINISHED_JOBS_KEPT = 1000
+# How long a worker may take to answer a ping before it counts as gone.
+PING_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(eq=False)
@@ -103,9 +107,16 @@ class Scheduler:
 
     # Workers
 
-    def register(
+    async def register(
         self, pool_name: str, name: str, capacity: int, capability: Any
     ) -> WorkerSession:
+        """Add a worker's session, unless a live worker already has the name.
+
+        A worker that restarts may register before its old session is seen
+        to end. The old session is asked to answer a ping: if it does, the
+        name is taken and the new registration is refused; if not, the old
+        session is dropped and the new one takes over.
+        """
         pool = self.pool(pool_name)
         if not name:
             raise ServiceError("a worker needs a non-empty name")
@@ -113,8 +124,13 @@ class Scheduler:
             raise ServiceError("a worker's capacity must be at least 1")
         old = self._sessions.get((pool_name, name))
         if old is not None:
+            if await _answers_ping(old.capability):
+                raise ServiceError(
+                    f"a worker named {name!r} is already connected to pool {pool_name}"
+                )
             logger.warning("Worker %r registered again; dropping its old session", name)
-            self.unregister(old)
+            if self._sessions.get((pool_name, name)) is old:
+                self.unregister(old)
         session = WorkerSession(pool_name, name, capacity, capability)
         self._sessions[(pool_name, name)] = session
         pool.add_worker(name, capacity)
@@ -169,3 +185,13 @@ class Scheduler:
         pool = self.pools[session.pool]
         for assignment in pool.set_active(session.name, active):
             self._start(assignment)
+
+
+async def _answers_ping(worker: Any) -> bool:
+    if worker is None:
+        return False
+    try:
+        await asyncio.wait_for(worker.ping(), PING_TIMEOUT_SECONDS)
+    except (TimeoutError, capnp.KjException):
+        return False
+    return True

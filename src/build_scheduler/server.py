@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 from build_api import schema
 from build_api.address import TcpAddress
+from build_api.errors import ConfigError
 from build_api.keys import SecretKey
 from build_api.restorer import Restorer, Service, ServiceTable
 from build_api.rpc import serve
@@ -75,12 +77,16 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     for service_id, service in services.values():
         table.add(service_id, service)
 
-    server = await serve(
-        config.listen.host,
-        config.listen.port,
-        key.server_ssl_context(),
-        lambda: Restorer(table),
-    )
+    try:
+        server = await serve(
+            config.listen.host,
+            config.listen.port,
+            key.server_ssl_context(),
+            lambda: Restorer(table),
+        )
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"cannot listen on {config.listen}: {reason}") from None
     port = server.sockets[0].getsockname()[1]
     logger.info("Listening on %s", TcpAddress(config.listen.host, port))
 

@@ -127,7 +127,7 @@ class RegistrationServer(schema.build.Registration.Server):  # type: ignore[misc
 
     @remote
     async def register(self, name: str, worker: Any, capacity: int, **_: Any) -> Any:
-        session = self._scheduler.register(self._pool, name, capacity, worker)
+        session = await self._scheduler.register(self._pool, name, capacity, worker)
         return QueueServer(self._scheduler, session)
 
 

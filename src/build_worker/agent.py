@@ -20,8 +20,8 @@ from typing import Any
 import capnp
 
 from build_api import schema
-from build_api.errors import ConnectError, ServiceError
-from build_api.rpc import connect_and_restore, remote, remote_message
+from build_api.errors import ConnectError, PeerKeyMismatchError, ServiceError
+from build_api.rpc import connect_and_restore, is_disconnect, remote, remote_message
 from build_api.sturdy import SturdyRef, read_cap_file
 from build_worker.builder import DockerBuilder
 from build_worker.git_context import GitMirrors
@@ -57,6 +57,14 @@ class WorkerServer(schema.build.Worker.Server):  # type: ignore[misc]
 
 
 class Agent:
+    """Serves the scheduler until a refusal that retrying cannot change.
+
+    Losing the connection is retried, with a growing pause. A refusal (an
+    unknown or revoked capability, a name already in use) and a scheduler
+    with the wrong key end the agent with a :class:`ServiceError` or a
+    :class:`PeerKeyMismatchError`.
+    """
+
     def __init__(self, config: WorkerConfig, ref: SturdyRef) -> None:
         self._config = config
         self._ref = ref
@@ -79,8 +87,10 @@ class Agent:
             try:
                 await self._serve_once()
                 delay = RETRY_MIN_SECONDS
+            except PeerKeyMismatchError:
+                raise  # the .cap file names another scheduler: retrying cannot help
             except ConnectError as exc:
-                logger.warning("Cannot use the scheduler: %s", exc)
+                logger.warning("Cannot reach the scheduler: %s", exc)
             # Jitter spreads out a fleet of workers that lost the scheduler together.
             wait = delay * random.uniform(0.5, 1.0)
             logger.info("Reconnecting in %.1f s", wait)
@@ -98,7 +108,9 @@ class Agent:
                     config.name, WorkerServer(), config.capacity
                 )
             except capnp.KjException as exc:
-                raise ConnectError(
+                if is_disconnect(exc):
+                    raise ConnectError("the scheduler closed the connection") from None
+                raise ServiceError(
                     f"registration refused: {remote_message(exc)}"
                 ) from None
             queue = reply.queue

@@ -127,6 +127,8 @@ class DockerBuilder:
             return build.result()
         except asyncio.CancelledError:
             client.abort_stream()
+            # The thread ends with an error once its stream is cut: collect it.
+            build.add_done_callback(lambda done: done.cancelled() or done.exception())
             raise
         finally:
             stop.cancel()

@@ -10,6 +10,7 @@ import capnp
 import click
 
 from build_api import __version__
+from build_api.cli_support import UsageError
 from build_api.errors import BuildSystemError
 from build_worker.agent import WorkerConfig, run_worker
 
@@ -76,4 +77,4 @@ def main(
     try:
         asyncio.run(capnp.run(run_worker(config)))
     except BuildSystemError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise UsageError(str(exc)) from None
