@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +66,8 @@ class Cluster:
     port: int = field(default_factory=free_port)
     processes: list[Process] = field(default_factory=list)
     build_network: str | None = None
+    metrics_port: int = field(default_factory=free_port)
+    scheduler_args: list[str] = field(default_factory=list)
 
     @property
     def secrets(self) -> Path:
@@ -93,6 +97,8 @@ class Cluster:
                 f"--capnp-listen-address=tcp:127.0.0.1:{self.port}",
                 f"--state-dir={self.root / 'state'}",
                 f"--pools={','.join(self.pools)}",
+                f"--listen-prometheus=127.0.0.1:{self.metrics_port}",
+                *self.scheduler_args,
             ],
         )  # fmt: skip
         last_cap = self.cap(f"pool-{self.pools[-1]}")
@@ -113,10 +119,12 @@ class Cluster:
         wait: bool = True,
         extra: list[str] | None = None,
         cap: Path | None = None,
+        program: list[str] | None = None,
     ) -> Process:
         pool = pool or self.pools[0]
         args = [
-            sys.executable, "-m", "build_worker", str(cap or self.cap(f"pool-{pool}")),
+            *(program or [sys.executable, "-m", "build_worker"]),
+            str(cap or self.cap(f"pool-{pool}")),
             f"--name={name}", f"--capacity={capacity}",
             f"--state-dir={self.worker_state(name)}", *(extra or []),
         ]  # fmt: skip
@@ -207,6 +215,15 @@ class Cluster:
         result = self.client(*args, timeout=60)
         assert result.returncode == 0, result.stderr
         return result.stdout
+
+    def http_get(self, path: str, timeout: float = 30) -> tuple[int, str]:
+        """GET a path of the scheduler's metrics server: status and body."""
+        url = f"http://127.0.0.1:{self.metrics_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
 
     def stop_all(self) -> None:
         for process in reversed(self.processes):

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,3 +153,79 @@ class Registry:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)
+
+
+@dataclass
+class NodeExporter:
+    """Debian's prometheus-node-exporter on a loopback port."""
+
+    port: int = field(default_factory=free_port)
+
+    def __post_init__(self) -> None:
+        self.process = subprocess.Popen(
+            ["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: _http_ok(self.url), "the node exporter to listen")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@dataclass
+class Prometheus:
+    """Debian's Prometheus server scraping one target every second."""
+
+    root: Path
+    target: str
+    port: int = field(default_factory=free_port)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "prometheus.yml"
+        config.write_text(
+            json.dumps(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "scrape_configs": [
+                        {"job_name": "build-scheduler",
+                         "static_configs": [{"targets": [self.target]}]}
+                    ],
+                }
+            )
+        )  # fmt: skip
+        with (self.root / "prometheus.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                ["prometheus", f"--config.file={config}",
+                 f"--storage.tsdb.path={self.root / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}"],
+                stdout=log, stderr=log,
+            )  # fmt: skip
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{self.port}/-/ready"),
+                 "Prometheus to be ready", timeout=60)  # fmt: skip
+
+    def query(self, expression: str) -> list[dict[str, object]]:
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": expression}
+        )
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.load(response)
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

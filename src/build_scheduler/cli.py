@@ -12,6 +12,7 @@ import click
 from build_api import __version__
 from build_api.address import TcpAddress, parse_tcp_address
 from build_api.errors import ConfigError
+from build_scheduler.http_metrics import DEFAULT_WORKER_TIMEOUT_SECONDS
 from build_scheduler.server import SchedulerConfig, run_scheduler
 
 
@@ -22,6 +23,18 @@ def _address(
         return None
     try:
         return parse_tcp_address(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _metrics_address(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> TcpAddress | None:
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    try:
+        return parse_tcp_address(f"tcp:{host or '0.0.0.0'}:{port}")
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -77,6 +90,20 @@ def _default_public(listen: TcpAddress) -> TcpAddress:
 @click.option(
     "--pools", callback=_pools, required=True, help="Comma-separated pool names."
 )
+@click.option(
+    "--listen-prometheus",
+    callback=_metrics_address,
+    metavar="[HOST:]PORT",
+    help="Serve Prometheus metrics over HTTP (all interfaces unless HOST is given; "
+    "no authentication).",
+)
+@click.option(
+    "--worker-metrics-timeout",
+    type=click.FloatRange(min=0.1),
+    default=DEFAULT_WORKER_TIMEOUT_SECONDS,
+    show_default=True,
+    help="Seconds to wait for a worker's metrics before answering 504.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
 def main(
     capnp_secret_key_file: Path,
@@ -84,6 +111,8 @@ def main(
     capnp_public_address: TcpAddress | None,
     state_dir: Path,
     pools: list[str],
+    listen_prometheus: TcpAddress | None,
+    worker_metrics_timeout: float,
     verbose: bool,
 ) -> None:
     """Queue build jobs in pools and hand them to the workers of each pool."""
@@ -97,6 +126,8 @@ def main(
         public=capnp_public_address or _default_public(capnp_listen_address),
         state_dir=state_dir,
         pools=pools,
+        prometheus=listen_prometheus,
+        worker_metrics_timeout=worker_metrics_timeout,
     )
     try:
         asyncio.run(capnp.run(run_scheduler(config)))

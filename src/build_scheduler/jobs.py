@@ -49,7 +49,15 @@ class Outcome:
 
 
 class JobRecord:
-    def __init__(self, job_id: str, pool: str, client: str, description: Any) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        pool: str,
+        client: str,
+        description: Any,
+        *,
+        submitted_at: float = 0.0,
+    ) -> None:
         self.id = job_id
         self.pool = pool
         self.client = client
@@ -57,6 +65,8 @@ class JobRecord:
         self.state = JobState.QUEUED
         self.worker = ""
         self.attempt = 0
+        self.submitted_at = submitted_at
+        self.started_at: float | None = None
         self.holders = 0  # capabilities on this job held by clients
         self.log = JobLog()
         self.outcome: Outcome | None = None
@@ -66,8 +76,9 @@ class JobRecord:
         self._worker_job: Any = None
         self._follower: asyncio.Task[None] | None = None
 
-    def start(self, worker: str, worker_job: Any) -> None:
+    def start(self, worker: str, worker_job: Any, *, now: float = 0.0) -> None:
         """The job went to ``worker``, whose Job capability is ``worker_job``."""
+        self.started_at = now
         self.state = JobState.RUNNING
         self.worker = worker
         self.attempt += 1

@@ -60,6 +60,7 @@ class Pool:
         self._urgent: deque[QueuedJob] = deque()
         self._normal: deque[QueuedJob] = deque()
         self._queued: dict[str, QueuedJob] = {}
+        self._urgent_waiting = 0
         self._workers: dict[str, WorkerState] = {}
         # slot -> worker name, in the order the slots started waiting
         self._waiting: OrderedDict[Hashable, str] = OrderedDict()
@@ -114,6 +115,7 @@ class Pool:
         """Queue ``job``; returns its assignment if a slot was waiting for work."""
         (self._urgent if job.urgent else self._normal).append(job)
         self._queued[job.id] = job
+        self._urgent_waiting += job.urgent
         assignments = self._dispatch()
         return assignments[0] if assignments else None
 
@@ -123,6 +125,7 @@ class Pool:
         if job is None:
             return False
         job.cancelled = True
+        self._urgent_waiting -= job.urgent
         return True
 
     def queue_position(self, job_id: str) -> int | None:
@@ -136,6 +139,10 @@ class Pool:
 
     def __len__(self) -> int:
         return len(self._queued)
+
+    def queue_lengths(self) -> tuple[int, int]:
+        """How many urgent and how many normal jobs wait."""
+        return self._urgent_waiting, len(self._queued) - self._urgent_waiting
 
     @property
     def workers(self) -> list[WorkerState]:
@@ -162,6 +169,7 @@ class Pool:
                 job = queue.popleft()
                 if not job.cancelled:
                     del self._queued[job.id]
+                    self._urgent_waiting -= job.urgent
                     return job
         return None
 

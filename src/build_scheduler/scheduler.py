@@ -21,6 +21,7 @@ import capnp
 
 from build_api.errors import ServiceError
 from build_scheduler.jobs import JobRecord, JobState, Outcome
+from build_scheduler.metrics import SchedulerMetrics
 from build_scheduler.pool import Assignment, Pool, QueuedJob
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Scheduler:
         self._sessions: dict[tuple[str, str], WorkerSession] = {}
         self._slots: dict[object, _Slot] = {}
         self._finished: deque[str] = deque()
+        self.metrics = SchedulerMetrics(lambda: self.pools)
 
     def pool(self, name: str) -> Pool:
         try:
@@ -76,10 +78,14 @@ class Scheduler:
         self, pool_name: str, description: Any, *, urgent: bool, client: str
     ) -> JobRecord:
         pool = self.pool(pool_name)
-        record = JobRecord(secrets.token_hex(6), pool_name, client, description)
+        now = self._clock()
+        record = JobRecord(
+            secrets.token_hex(6), pool_name, client, description, submitted_at=now
+        )
         self.jobs[record.id] = record
         record.on_finish.append(self._retire)
-        queued = QueuedJob(record.id, client, urgent, self._clock(), payload=record)
+        self.metrics.submitted.labels(pool_name).inc()
+        queued = QueuedJob(record.id, client, urgent, now, payload=record)
         logger.info("Job %s queued in pool %s for %s", record.id, pool_name, client)
         self._start(pool.submit(queued))
         return record
@@ -97,6 +103,11 @@ class Scheduler:
             await record.cancel_running()
 
     def _retire(self, record: JobRecord) -> None:
+        result = record.state.value
+        self.metrics.finished.labels(record.pool, result).inc()
+        if record.started_at is not None:
+            duration = self._clock() - record.started_at
+            self.metrics.job_duration.labels(record.pool, result).observe(duration)
         self._finished.append(record.id)
         while len(self._finished) > FINISHED_JOBS_KEPT:
             self.jobs.pop(self._finished.popleft(), None)
@@ -176,10 +187,22 @@ class Scheduler:
         slot = self._slots.pop(assignment.slot)
         record: JobRecord = assignment.job.payload
         pool = self.pools[record.pool]
-        record.start(assignment.worker, slot.worker_job)
+        now = self._clock()
+        record.start(assignment.worker, slot.worker_job, now=now)
+        self.metrics.accepted.labels(record.pool).inc()
+        self.metrics.queue_wait.labels(record.pool).observe(now - record.submitted_at)
         record.on_finish.append(lambda r: pool.job_finished(assignment.worker, r.id))
         logger.info("Job %s started on %s", record.id, assignment.worker)
         slot.future.set_result(record)
+
+    def worker_capability(self, pool_name: str, name: str) -> Any:
+        """The capability of a connected worker; raises ``LookupError`` if none."""
+        if pool_name not in self.pools:
+            raise LookupError(f"unknown pool {pool_name!r}")
+        session = self._sessions.get((pool_name, name))
+        if session is None:
+            raise LookupError(f"worker {name!r} is not connected to pool {pool_name}")
+        return session.capability
 
     def set_active(self, session: WorkerSession, active: bool) -> None:
         pool = self.pools[session.pool]

@@ -16,6 +16,10 @@ from build_api.keys import SecretKey
 from build_api.restorer import Restorer, Service, ServiceTable
 from build_api.rpc import serve
 from build_api.sturdy import SturdyRef, write_cap_file
+from build_scheduler.http_metrics import (
+    DEFAULT_WORKER_TIMEOUT_SECONDS,
+    start_metrics_server,
+)
 from build_scheduler.scheduler import Scheduler
 from build_scheduler.services import AdminServer, RegistrationServer, SubmissionServer
 
@@ -31,6 +35,8 @@ class SchedulerConfig:
     public: TcpAddress
     state_dir: Path
     pools: list[str]
+    prometheus: TcpAddress | None = None
+    worker_metrics_timeout: float = DEFAULT_WORKER_TIMEOUT_SECONDS
 
 
 def build_services(
@@ -98,6 +104,22 @@ async def run_scheduler(config: SchedulerConfig) -> None:
         write_cap_file(path, ref)
         logger.info('Wrote capability reference to "%s"', path)
 
+    metrics_runner = None
+    if config.prometheus is not None:
+        try:
+            metrics_runner = await start_metrics_server(
+                scheduler,
+                config.prometheus.host,
+                config.prometheus.port,
+                worker_timeout=config.worker_metrics_timeout,
+            )
+        except OSError as exc:
+            server.close()
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(
+                f"cannot serve metrics on {config.prometheus}: {reason}"
+            ) from None
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -105,3 +127,5 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     await stop.wait()
     logger.info("Shutting down")
     server.close()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()

@@ -26,6 +26,11 @@ from build_api.sturdy import SturdyRef, read_cap_file
 from build_worker.builder import DockerBuilder
 from build_worker.git_context import GitMirrors
 from build_worker.job import JobEnvironment, WorkerJob, run_job
+from build_worker.metrics import (
+    DEFAULT_NODE_EXPORTER_URL,
+    WorkerMetrics,
+    fetch_host_metrics,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +47,21 @@ class WorkerConfig:
     docker_host: str | None = None
     build_network: str | None = None
     allowed_pushes: frozenset[str] = frozenset()
+    node_exporter_url: str = DEFAULT_NODE_EXPORTER_URL
 
 
 class WorkerServer(schema.build.Worker.Server):  # type: ignore[misc]
     """What the scheduler may ask of this worker besides jobs."""
 
+    def __init__(self, metrics: WorkerMetrics, node_exporter_url: str) -> None:
+        self._metrics = metrics
+        self._node_exporter_url = node_exporter_url
+
     @remote
-    async def metrics(self, source: Any, **_: Any) -> None:
-        raise ServiceError("worker metrics are not supported yet by this worker")
+    async def metrics(self, source: Any, **_: Any) -> tuple[str, str]:
+        if source == "agent":
+            return self._metrics.render()
+        return await fetch_host_metrics(self._node_exporter_url)
 
     @remote
     async def ping(self, **_: Any) -> None:
@@ -71,11 +83,15 @@ class Agent:
         self._builder = DockerBuilder(
             docker_host=config.docker_host, network_mode=config.build_network
         )
+        self._metrics = WorkerMetrics()
         self._env = JobEnvironment(
             worker_name=config.name,
             builder=self._builder,
-            mirrors=GitMirrors(config.state_dir),
+            mirrors=GitMirrors(
+                config.state_dir, fetch_duration=self._metrics.git_fetch_duration
+            ),
             allowed_pushes=config.allowed_pushes,
+            metrics=self._metrics,
         )
 
     async def run(self) -> None:
@@ -104,8 +120,9 @@ class Agent:
         )
         try:
             try:
+                server = WorkerServer(self._metrics, config.node_exporter_url)
                 reply = await registration.register(
-                    config.name, WorkerServer(), config.capacity
+                    config.name, server, config.capacity
                 )
             except capnp.KjException as exc:
                 if is_disconnect(exc):
@@ -147,6 +164,7 @@ class Agent:
             logger.info("Requesting a new job...")
             reply = await queue.pop(job)
             logger.info("Got job %s", reply.id)
+            self._metrics.accepted.inc()
             await run_job(reply.id, reply.description, job, self._env)
 
 

@@ -13,6 +13,7 @@ from build_api import __version__
 from build_api.cli_support import UsageError
 from build_api.errors import BuildSystemError
 from build_worker.agent import WorkerConfig, run_worker
+from build_worker.metrics import DEFAULT_NODE_EXPORTER_URL
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,6 +50,12 @@ from build_worker.agent import WorkerConfig, run_worker
     metavar="REPOSITORY",
     help="A repository jobs may push images to; repeat for more.",
 )
+@click.option(
+    "--node-exporter-url",
+    default=DEFAULT_NODE_EXPORTER_URL,
+    show_default=True,
+    help="Where this host's prometheus-node-exporter serves its metrics.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
 def main(
     pool_cap: Path,
@@ -58,6 +65,7 @@ def main(
     build_network: str | None,
     state_dir: Path,
     allow_push: tuple[str, ...],
+    node_exporter_url: str,
     verbose: bool,
 ) -> None:
     """Build the jobs of the pool named by POOL_CAP, a pool's .cap file."""
@@ -73,6 +81,7 @@ def main(
         docker_host=docker_host,
         build_network=build_network,
         allowed_pushes=frozenset(allow_push),
+        node_exporter_url=node_exporter_url,
     )
     try:
         asyncio.run(capnp.run(run_worker(config)))

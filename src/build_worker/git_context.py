@@ -23,9 +23,12 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from prometheus_client import Histogram
 
 from build_api.errors import BuildError
 
@@ -56,8 +59,9 @@ def redact_url(url: str) -> str:
 class GitMirrors:
     """The worker's mirrors of the repositories it has built."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, fetch_duration: Histogram | None = None) -> None:
         self._root = root
+        self._fetch_duration = fetch_duration
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _mirror_path(self, url: str) -> Path:
@@ -116,11 +120,15 @@ class GitMirrors:
             return
         write_log(f"Fetching {shown}\n".encode())
         all_branches = "+refs/heads/*:refs/heads/*"
+        started = time.monotonic()
         try:
             await _git(write_log, "-C", str(mirror), "fetch", "--quiet", "--prune",
                        "--tags", url, all_branches)  # fmt: skip
         except BuildError as exc:
             raise BuildError(f"cannot fetch {shown}: {exc}") from None
+        finally:
+            if self._fetch_duration is not None:
+                self._fetch_duration.observe(time.monotonic() - started)
         still_missing = [c for c in missing if not await _has_commit(mirror, c)]
         for commit in still_missing:
             # Not on any branch: ask for the commit itself (servers may refuse).

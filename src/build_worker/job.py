@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from prometheus_client import Histogram
 
 from build_api import schema
 from build_api.errors import BuildError
@@ -16,6 +21,7 @@ from build_api.joblog import JobLog
 from build_api.rpc import remote
 from build_worker.builder import BuildCancelled, BuildSpec, DockerBuilder
 from build_worker.git_context import GitMirrors
+from build_worker.metrics import WorkerMetrics
 from build_worker.push import (
     PushTarget,
     check_push_allowed,
@@ -135,6 +141,7 @@ class JobEnvironment:
     builder: DockerBuilder
     mirrors: GitMirrors
     allowed_pushes: frozenset[str]
+    metrics: WorkerMetrics
 
 
 async def run_job(
@@ -143,6 +150,7 @@ async def run_job(
     """Build one job, writing its log into ``job`` and setting its outcome."""
     log = job.log_buffer
     log.write(f"Building on {env.worker_name}\n".encode())
+    env.metrics.running.inc()
     context = Path(tempfile.mkdtemp(prefix=f"build-{job_id}-"))
     try:
         spec = job_spec(description)
@@ -169,6 +177,7 @@ async def run_job(
         logger.info("Job %s built %s", job_id, output)
         job.set_outcome("success", output)
     finally:
+        env.metrics.running.dec()
         # A repository's context can be large: remove it off the event loop.
         await asyncio.to_thread(shutil.rmtree, context, ignore_errors=True)
 
@@ -188,7 +197,26 @@ async def _build_and_push(
         raise BuildError(
             f"there is no Dockerfile at {spec.build.dockerfile} in the repository"
         )
-    image_id = await env.builder.build(context, spec.build, log.write, job.cancelled)
+    with _timed(env.metrics.build_duration):
+        image_id = await env.builder.build(
+            context, spec.build, log.write, job.cancelled
+        )
     if spec.push is None:
         return image_id
-    return await push_image(env.builder, image_id, spec.push, log.write)
+    with _timed(env.metrics.push_duration):
+        return await push_image(env.builder, image_id, spec.push, log.write)
+
+
+@contextlib.contextmanager
+def _timed(histogram: Histogram) -> Iterator[None]:
+    """Observe the time the block took, labelled by how it ended."""
+    started = time.monotonic()
+    result = "failed"
+    try:
+        yield
+        result = "succeeded"
+    except BuildCancelled:
+        result = "cancelled"
+        raise
+    finally:
+        histogram.labels(result).observe(time.monotonic() - started)
