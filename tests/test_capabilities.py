@@ -13,7 +13,8 @@ import pytest
 from build_api import schema
 from build_api.errors import PeerKeyMismatchError, ServiceError
 from build_api.keys import SecretKey, b64url
-from build_api.rpc import connect_and_restore
+from build_api.restorer import UNKNOWN_CAPABILITY
+from build_api.rpc import connect, connect_and_restore
 from build_api.sturdy import SturdyRef, read_cap_file, write_cap_file
 from tests.cluster import Cluster
 
@@ -119,6 +120,20 @@ def test_only_admin_cap_reaches_admin(cluster: Cluster, cap: str) -> None:
     result = cluster.client("show", cluster.cap(cap))
     assert result.returncode == 2
     assert "it cannot be used for administration" in result.stderr
+
+
+async def test_refusals_carry_no_server_detail(cluster: Cluster) -> None:
+    ref = read_cap_file(cluster.cap("submission"))
+    async with capnp.kj_loop():
+        connection = await connect(ref)
+        try:
+            with pytest.raises(capnp.KjException) as info:
+                await connection.bootstrap().restore(b"wrong", 0)
+        finally:
+            connection.close()
+    description = info.value.description
+    assert "Traceback" not in description and ".py" not in description
+    assert description.endswith("Refused: " + UNKNOWN_CAPABILITY + "\n")
 
 
 async def test_submission_cap_cannot_register(cluster: Cluster) -> None:

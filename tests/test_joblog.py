@@ -50,3 +50,26 @@ async def test_read_past_end_of_closed_log_is_empty() -> None:
     log.close()
     assert await log.read(3) == (b"", 3)
     assert await log.read(50) == (b"", 3)
+
+
+async def test_log_in_a_file_reads_like_one_in_memory(tmp_path) -> None:
+    path = tmp_path / "job.log"
+    log = JobLog(path=path)
+    text = "ünïcödé ✓\n".encode() * 1000
+    log.write(text)
+    log.close()
+    assert path.read_bytes() == text
+    assert await read_all(log, limit=7) == text
+    log.discard()
+    assert not path.exists()
+
+
+async def test_log_stops_at_its_limit_and_says_so() -> None:
+    log = JobLog(max_bytes=10)
+    log.write(b"0123456")
+    log.write(b"789abcdef")
+    log.write(b"more")
+    log.close()
+    assert log.contents() == (
+        b"0123456789\n[log truncated: it passed the limit of 10 bytes]\n"
+    )

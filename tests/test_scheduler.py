@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
 from build_api.errors import ServiceError
+from build_scheduler import jobs as jobs_module
 from build_scheduler import scheduler as scheduler_module
 from build_scheduler.jobs import JobState, Outcome
 from build_scheduler.scheduler import Scheduler
@@ -73,3 +75,89 @@ async def test_a_silent_old_session_is_replaced_stub_worker(monkeypatch) -> None
     assert [w.capacity for w in scheduler.pools["linux"].workers] == [2]
     with pytest.raises(ServiceError, match="replaced or closed"):
         await scheduler.pop(first, worker_job=None)
+
+
+async def test_pops_beyond_capacity_wait_for_a_free_slot() -> None:
+    scheduler = Scheduler(["linux"])
+    session = await scheduler.register("linux", "w1", 1, capability=None)
+    first = asyncio.create_task(scheduler.pop(session, worker_job=StubWorkerJob()))
+    second = asyncio.create_task(scheduler.pop(session, worker_job=StubWorkerJob()))
+    await asyncio.sleep(0.01)
+    records = [
+        scheduler.submit("linux", None, urgent=False, client="c") for _ in range(2)
+    ]
+    await asyncio.sleep(0.01)
+    assert first.done() and not second.done()  # capacity 1: one job at a time
+    records[0].finish(Outcome(JobState.SUCCEEDED, "sha256:x"))
+    assert (await asyncio.wait_for(second, 1)) is records[1]
+
+
+async def test_two_registrations_racing_for_a_silent_name_stub_worker(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(scheduler_module, "PING_TIMEOUT_SECONDS", 0.05)
+    scheduler = Scheduler(["linux"])
+    await scheduler.register("linux", "w1", 1, StubWorkerCapability(alive=False))
+    results = await asyncio.gather(
+        scheduler.register("linux", "w1", 2, StubWorkerCapability(alive=True)),
+        scheduler.register("linux", "w1", 2, StubWorkerCapability(alive=True)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, ServiceError) for r in results) == 1
+
+
+@pytest.mark.parametrize("name", ["", "two words", "line\nbreak", "x" * 101])
+async def test_worker_names_must_be_plain(name: str) -> None:
+    scheduler = Scheduler(["linux"])
+    with pytest.raises(ServiceError, match="printable characters without spaces"):
+        await scheduler.register("linux", name, 1, capability=None)
+
+
+class StubWorkerJob:
+    """Stands in for a worker's Job capability, answering as told."""
+
+    def __init__(self, chunks: list[tuple[bytes, int]] | None = None) -> None:
+        self.chunks = list(chunks or [])
+        self.cancel_hangs = False
+
+    async def log(self, start: int):
+        if self.chunks:
+            data, next_offset = self.chunks.pop(0)
+            return SimpleNamespace(data=data, next=next_offset)
+        await asyncio.sleep(3600)
+
+    async def cancel(self) -> None:
+        if self.cancel_hangs:
+            await asyncio.sleep(3600)
+
+
+async def started_job(worker_job: StubWorkerJob):
+    scheduler = Scheduler(["linux"])
+    session = await scheduler.register("linux", "w1", 1, capability=None)
+    pop = asyncio.create_task(scheduler.pop(session, worker_job))
+    await asyncio.sleep(0)
+    record = scheduler.submit("linux", None, urgent=False, client="c")
+    assert await pop is record
+    return scheduler, record
+
+
+async def test_log_chunk_with_a_wrong_offset_fails_the_job_stub_worker() -> None:
+    stub = StubWorkerJob([(b"hello", 5), (b"again", 5)])
+    _, record = await started_job(stub)
+    await asyncio.wait_for(record.finished.wait(), 1)
+    assert record.outcome == Outcome(
+        JobState.FAILED, "worker w1 sent a log chunk with a wrong offset"
+    )
+    assert record.log.contents().startswith(b"hello\n")
+
+
+async def test_cancel_unconfirmed_by_a_hung_worker_still_ends_stub_worker(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(jobs_module, "CANCEL_TIMEOUT_SECONDS", 0.05)
+    stub = StubWorkerJob()
+    stub.cancel_hangs = True
+    scheduler, record = await started_job(stub)
+    await scheduler.cancel(record)
+    assert record.state is JobState.CANCELLED
+    assert b"worker w1 did not confirm within 0 s" in record.log.contents()

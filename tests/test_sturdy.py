@@ -21,6 +21,13 @@ def test_round_trip() -> None:
     assert str(ref) == GOOD
 
 
+@pytest.mark.parametrize(
+    "host", ["sched.example.org", "127.0.0.1", "my_host", "a-b.c."]
+)
+def test_ordinary_hosts_are_accepted(host: str) -> None:
+    assert parse_sturdy_ref(f"capnp://sha-256:{FINGERPRINT}@{host}:1/eA").host == host
+
+
 def test_ipv6_host_round_trip() -> None:
     ref = SturdyRef(FINGERPRINT, "::1", 9000, b"x")
     assert parse_sturdy_ref(str(ref)) == ref
@@ -45,6 +52,14 @@ def test_repr_hides_the_secret() -> None:
         (f"capnp://sha-256:{FINGERPRINT}@:9000/abc", "it has no host"),
         (f"capnp://sha-256:{FINGERPRINT}@host/abc", "no valid port"),
         (f"capnp://sha-256:{FINGERPRINT}@host:99999/abc", "no valid port"),
+        (f"capnp://sha-256:{FINGERPRINT}@host:\u00b2/abc", "no valid port"),
+        (f"capnp://sha-256:{FINGERPRINT}@host:\u0661\u0662/abc", "no valid port"),
+        (f"capnp://sha-256:{FINGERPRINT}@a..b:9000/abc", "is not a valid host"),
+        (f"capnp://sha-256:{FINGERPRINT}@a\x00b:9000/abc", "is not a valid host"),
+        (
+            f"capnp://sha-256:{FINGERPRINT}@{'x' * 64}.org:9000/abc",
+            "is not a valid host",
+        ),
         (f"capnp://sha-256:{FINGERPRINT}@host:9000", "no service id"),
         (f"capnp://sha-256:{FINGERPRINT}@host:9000/", "no service id"),
         (f"capnp://sha-256:{FINGERPRINT}@host:9000/not*base64", "not valid base64url"),

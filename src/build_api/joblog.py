@@ -4,18 +4,35 @@ The log is kept as bytes, exactly as produced: it is never decoded, so a
 multi-byte character cut by a chunk boundary arrives intact once the reader
 joins the chunks. Readers long-poll: a read at the end of a running log
 waits until more bytes arrive or the log is closed.
+
+A log is held in memory, or in a file when it is given a path (the
+scheduler keeps many logs, the worker only those it is building). Either
+way it stops growing at ``max_bytes``: the rest of the output is dropped
+and one line says so, so one noisy build cannot exhaust memory or disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 
 CHUNK_BYTES = 64 * 1024
+DEFAULT_MAX_LOG_BYTES = 64 * 1024 * 1024
 
 
 class JobLog:
-    def __init__(self) -> None:
-        self._data = bytearray()
+    def __init__(
+        self, *, path: Path | None = None, max_bytes: int = DEFAULT_MAX_LOG_BYTES
+    ) -> None:
+        self._memory = bytearray()
+        self._path = path
+        self._fd = (
+            os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600) if path else None
+        )
+        self._length = 0
+        self._max_bytes = max_bytes
+        self._truncated = False
         self._closed = False
         self._grew = asyncio.Event()
 
@@ -24,22 +41,39 @@ class JobLog:
         return self._closed
 
     def __len__(self) -> int:
-        return len(self._data)
+        return self._length
 
     def write(self, data: bytes) -> None:
         if self._closed:
             raise RuntimeError("write to a closed log")
-        if data:
-            self._data += data
-            self._wake()
+        if not data or self._truncated:
+            return
+        room = self._max_bytes - self._length
+        if len(data) > room:
+            limit = self._max_bytes
+            marker = f"\n[log truncated: it passed the limit of {limit} bytes]\n"
+            data = data[:room] + marker.encode()
+            self._truncated = True
+        self._append(data)
+        self._wake()
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._wake()
 
+    def discard(self) -> None:
+        """Close the log and free what it holds (its file, if any)."""
+        self.close()
+        self._memory = bytearray()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            assert self._path is not None
+            self._path.unlink(missing_ok=True)
+
     def contents(self) -> bytes:
-        return bytes(self._data)
+        return self._slice(0, self._length)
 
     async def read(self, start: int, *, limit: int = CHUNK_BYTES) -> tuple[bytes, int]:
         """Up to ``limit`` bytes from ``start``, and the offset after them.
@@ -48,12 +82,26 @@ class JobLog:
         once the log is closed and ``start`` is at its end.
         """
         if start < 0:
-            start = max(0, len(self._data) + start)
-        while start >= len(self._data) and not self._closed:
+            start = max(0, self._length + start)
+        while start >= self._length and not self._closed:
             await self._grew.wait()
-        start = min(start, len(self._data))
-        chunk = bytes(self._data[start : start + limit])
+        start = min(start, self._length)
+        chunk = self._slice(start, min(limit, self._length - start))
         return chunk, start + len(chunk)
+
+    def _append(self, data: bytes) -> None:
+        if self._fd is not None:
+            written = 0
+            while written < len(data):
+                written += os.pwrite(self._fd, data[written:], self._length + written)
+        else:
+            self._memory += data
+        self._length += len(data)
+
+    def _slice(self, start: int, size: int) -> bytes:
+        if self._fd is not None:
+            return os.pread(self._fd, size, start) if size > 0 else b""
+        return bytes(self._memory[start : start + size])
 
     def _wake(self) -> None:
         # Wake every waiter, then arm a fresh event for the next ones.

@@ -67,10 +67,16 @@ class SecretKey:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_private_file(path, pem)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_private_file(path, pem)
+            except OSError as exc:
+                raise ConfigError(f"cannot write the key to {path}: {exc}") from None
             return cls(key, pem)
-        pem = path.read_bytes()
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the key in {path}: {exc}") from None
         try:
             loaded = serialization.load_pem_private_key(pem, password=None)
         except ValueError as exc:

@@ -142,13 +142,30 @@ async def serve(
     return server
 
 
+class Refused(ServiceError):
+    """A refusal on its way to a peer: it never carries a traceback.
+
+    pycapnp sends the caller the formatted traceback of an exception raised
+    in a server method, which would show the server's files and code. This
+    class reports no traceback, so the caller gets one line: its name and
+    the message.
+    """
+
+    @property
+    def __traceback__(self) -> None:
+        return None
+
+    @__traceback__.setter
+    def __traceback__(self, value: object) -> None:
+        pass
+
+
 def remote(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Wrap a server method so that only a clean message reaches the caller.
 
-    pycapnp sends the caller the whole traceback of an exception raised in a
-    server method. A :class:`ServiceError` is re-raised with its message only;
-    anything else is logged here with its traceback and reported to the
-    caller as an internal error, so no detail of the server leaks out.
+    A :class:`ServiceError` reaches the caller as its message alone; anything
+    else is logged here with its traceback and reported to the caller as an
+    internal error, so no detail of the server leaks out.
     """
 
     @functools.wraps(func)
@@ -166,12 +183,12 @@ def remote(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             message = (
                 f"internal error in {func.__name__}; the server's log has the details"
             )
-        raise ServiceError(message) from None
+        raise Refused(message) from None
 
     return wrapper
 
 
-_SERVICE_ERROR_MARK = ServiceError.__name__ + ": "
+_REFUSED_MARK = Refused.__name__ + ": "
 
 
 def remote_message(exc: Exception) -> str:
@@ -179,7 +196,7 @@ def remote_message(exc: Exception) -> str:
     if is_disconnect(exc):
         return "the connection was lost"
     description = str(getattr(exc, "description", None) or exc)
-    _, mark, message = description.partition(_SERVICE_ERROR_MARK)
+    _, mark, message = description.partition(_REFUSED_MARK)
     if mark:
         return message.rstrip("\n")
     for prefix in ("remote exception: ", "message = "):

@@ -12,6 +12,8 @@ one are written readable by their owner only.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from build_api.errors import CapFileError
 from build_api.keys import b64url, b64url_decode, write_private_file
 
 SCHEME = "capnp://"
+_PORT = re.compile(r"[0-9]{1,5}")
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 HASH_PREFIX = "sha-256:"
 
 
@@ -85,9 +89,25 @@ def _parse_host_port(hostport: str) -> tuple[str, int]:
             host, port_text = hostport, ""
     if not host:
         raise CapFileError("it has no host")
-    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+    if not _is_valid_host(host):
+        raise CapFileError(f"its host {host!r} is not a valid host name or address")
+    if not _PORT.fullmatch(port_text) or not 0 < int(port_text) <= 65535:
         raise CapFileError("it has no valid port after the host")
     return host, int(port_text)
+
+
+def _is_valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        # What the resolver will be asked: IDNA rules catch empty or long labels.
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return all(_LABEL.fullmatch(label) for label in host.rstrip(".").split("."))
 
 
 def read_cap_file(path: Path) -> SturdyRef:

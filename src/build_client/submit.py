@@ -106,7 +106,8 @@ class Submitter:
         outcome = (await job.result()).outcome
         kind = outcome.which()
         if kind == "success":
-            self._out.write(f"{outcome.success}\n".encode())
+            # The result comes from a worker: print it, not what it may hide.
+            self._out.write(f"{_printable(outcome.success)}\n".encode())
             self._out.flush()
             return 0
         if kind == "failure":
@@ -121,8 +122,10 @@ class Submitter:
         self.say(f"Cancelling job {self._job_id or '(not yet numbered)'}...")
         try:
             await asyncio.wait_for(self._ticket.cancel(), CANCEL_TIMEOUT_SECONDS)
-        except (capnp.KjException, TimeoutError) as exc:
-            self.say(f"Could not cancel the job: {exc}")
+        except TimeoutError:
+            self.say(f"The scheduler did not confirm in {CANCEL_TIMEOUT_SECONDS:.0f} s")
+        except capnp.KjException as exc:
+            self.say(f"Could not cancel the job: {remote_message(exc)}")
         else:
             self.say("Cancelled.")
 
@@ -153,3 +156,7 @@ async def submit(ref: Any, request: SubmitRequest) -> int:
             return EXIT_INTERRUPTED
     finally:
         connection.close()
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)

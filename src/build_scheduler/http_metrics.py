@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 import capnp
@@ -26,6 +27,8 @@ from build_scheduler.scheduler import Scheduler
 logger = logging.getLogger(__name__)
 
 DEFAULT_WORKER_TIMEOUT_SECONDS = 10.0
+# A worker's content type goes into our reply's headers: printable ASCII only.
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,200}")
 
 
 def make_app(
@@ -61,8 +64,16 @@ def make_app(
             logger.warning("Worker %s of pool %s could not send its %s metrics: %s",
                            name, pool, source, message)  # fmt: skip
             return web.Response(status=502, text=f"worker {name}: {message}\n")
+        content_type = str(reply.contentType)
+        if not _HEADER_VALUE.fullmatch(content_type):
+            logger.warning(
+                "Worker %s of pool %s sent a malformed content type", name, pool
+            )
+            return web.Response(
+                status=502, text=f"worker {name}: malformed content type\n"
+            )
         return web.Response(
-            body=str(reply.data).encode(), headers={"Content-Type": reply.contentType}
+            body=str(reply.data).encode(), headers={"Content-Type": content_type}
         )
 
     app = web.Application()

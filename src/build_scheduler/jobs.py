@@ -25,9 +25,11 @@ from typing import Any
 import capnp
 
 from build_api.joblog import JobLog
-from build_api.rpc import remote_message
+from build_api.rpc import is_disconnect, remote_message
 
 logger = logging.getLogger(__name__)
+
+CANCEL_TIMEOUT_SECONDS = 10.0
 
 
 class JobState(enum.Enum):
@@ -57,6 +59,7 @@ class JobRecord:
         description: Any,
         *,
         submitted_at: float = 0.0,
+        log: JobLog | None = None,
     ) -> None:
         self.id = job_id
         self.pool = pool
@@ -68,7 +71,7 @@ class JobRecord:
         self.submitted_at = submitted_at
         self.started_at: float | None = None
         self.holders = 0  # capabilities on this job held by clients
-        self.log = JobLog()
+        self.log = log or JobLog()
         self.outcome: Outcome | None = None
         self.started = asyncio.Event()
         self.finished = asyncio.Event()
@@ -95,6 +98,8 @@ class JobRecord:
         self.outcome = outcome
         self.log.close()
         self._worker_job = None
+        if self._follower is not None and self._follower is not asyncio.current_task():
+            self._follower.cancel()
         # The description may hold a registry password: keep it no longer.
         self.description = None
         self.started.set()  # so nobody waits for a start that will not come
@@ -103,19 +108,26 @@ class JobRecord:
             callback(self)
 
     async def cancel_running(self) -> None:
-        """Ask the worker to stop the build; the follower records the end."""
+        """Ask the worker to stop the build; the follower records the end.
+
+        A worker that does not confirm in time (it hangs, or its connection
+        does) cannot be relied on to stop: the job ends as cancelled anyway.
+        """
         worker_job = self._worker_job
         if worker_job is None:
             return
         try:
-            await worker_job.cancel()
+            await asyncio.wait_for(worker_job.cancel(), CANCEL_TIMEOUT_SECONDS)
+            return
+        except TimeoutError:
+            reason = f"did not confirm within {CANCEL_TIMEOUT_SECONDS:.0f} s"
         except capnp.KjException as exc:
-            logger.warning(
-                "Could not cancel job %s on %s: %s",
-                self.id,
-                self.worker,
-                remote_message(exc),
-            )
+            reason = f"could not confirm: {remote_message(exc)}"
+        logger.warning(
+            "Worker %s %s the cancel of job %s", self.worker, reason, self.id
+        )
+        note = f"\nJob cancelled; worker {self.worker} {reason}.\n"
+        self.finish(Outcome(JobState.CANCELLED, "cancelled"), note=note)
 
     async def _follow(self) -> None:
         """Copy the worker's log and result into this record."""
@@ -126,15 +138,21 @@ class JobRecord:
                 reply = await worker_job.log(offset)
                 if not reply.data:
                     break
+                if reply.next != offset + len(reply.data):
+                    raise _ProtocolViolation("sent a log chunk with a wrong offset")
                 self.log.write(reply.data)
                 offset = reply.next
             outcome = (await worker_job.result()).outcome
         except capnp.KjException as exc:
-            reason = (
-                f"worker {self.worker} was lost during the build: {remote_message(exc)}"
-            )
-            logger.warning("Job %s failed: %s", self.id, reason)
-            self.finish(Outcome(JobState.FAILED, reason), note=f"\n{reason}\n")
+            if is_disconnect(exc):
+                reason = f"worker {self.worker} was lost during the build"
+            else:
+                reason = f"worker {self.worker} failed to report the build: "
+                reason += remote_message(exc)
+            self._fail(reason)
+            return
+        except _ProtocolViolation as exc:
+            self._fail(f"worker {self.worker} {exc}")
             return
         kind = outcome.which()
         if kind == "success":
@@ -144,3 +162,11 @@ class JobRecord:
         else:
             self.finish(Outcome(JobState.CANCELLED, "cancelled"))
         logger.info("Job %s on %s: %s", self.id, self.worker, self.state.value)
+
+    def _fail(self, reason: str) -> None:
+        logger.warning("Job %s failed: %s", self.id, reason)
+        self.finish(Outcome(JobState.FAILED, reason), note=f"\n{reason}\n")
+
+
+class _ProtocolViolation(Exception):
+    """A worker answered in a way the protocol does not allow."""

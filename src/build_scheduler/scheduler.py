@@ -14,12 +14,14 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import capnp
 
 from build_api.errors import ServiceError
+from build_api.joblog import JobLog
 from build_scheduler.jobs import JobRecord, JobState, Outcome
 from build_scheduler.metrics import SchedulerMetrics
 from build_scheduler.pool import Assignment, Pool, QueuedJob
@@ -31,6 +33,7 @@ logger = logging.getLogger(__name__)
 FINISHED_JOBS_KEPT = 1000
 # How long a worker may take to answer a ping before it counts as gone.
 PING_TIMEOUT_SECONDS = 5.0
+MAX_NAME_LENGTH = 100
 
 
 @dataclass(eq=False)
@@ -42,6 +45,28 @@ class WorkerSession:
     capacity: int
     capability: Any
     closed: bool = False
+    # Slots waiting for a job plus jobs running: never more than capacity.
+    load: int = 0
+    _room: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def take_slot(self) -> None:
+        """Wait until the worker is below its capacity, then count one more."""
+        while self.load >= self.capacity and not self.closed:
+            # A worker asks again as soon as a build ends, which can be just
+            # before the scheduler sees that end: wait for it, do not refuse.
+            self._room.clear()
+            await self._room.wait()
+        if self.closed:
+            raise ServiceError("this worker session has been replaced or closed")
+        self.load += 1
+
+    def release_slot(self) -> None:
+        self.load -= 1
+        self._room.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._room.set()
 
 
 @dataclass(eq=False)
@@ -53,9 +78,15 @@ class _Slot:
 
 class Scheduler:
     def __init__(
-        self, pool_names: list[str], *, clock: Callable[[], float] = time.monotonic
+        self,
+        pool_names: list[str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        log_dir: Path | None = None,
     ):
         self._clock = clock
+        self._log_dir = log_dir
+        self._registering: dict[tuple[str, str], asyncio.Lock] = {}
         self.pools = {name: Pool(name, clock) for name in pool_names}
         self.jobs: dict[str, JobRecord] = {}
         self._sessions: dict[tuple[str, str], WorkerSession] = {}
@@ -79,9 +110,12 @@ class Scheduler:
     ) -> JobRecord:
         pool = self.pool(pool_name)
         now = self._clock()
+        job_id = secrets.token_hex(6)
+        log_path = self._log_dir / f"{job_id}.log" if self._log_dir else None
         record = JobRecord(
-            secrets.token_hex(6), pool_name, client, description, submitted_at=now
-        )
+            job_id, pool_name, client, description, submitted_at=now,
+            log=JobLog(path=log_path),
+        )  # fmt: skip
         self.jobs[record.id] = record
         record.on_finish.append(self._retire)
         self.metrics.submitted.labels(pool_name).inc()
@@ -110,7 +144,9 @@ class Scheduler:
             self.metrics.job_duration.labels(record.pool, result).observe(duration)
         self._finished.append(record.id)
         while len(self._finished) > FINISHED_JOBS_KEPT:
-            self.jobs.pop(self._finished.popleft(), None)
+            dropped = self.jobs.pop(self._finished.popleft(), None)
+            if dropped is not None:
+                dropped.log.discard()
 
     def position(self, record: JobRecord) -> int:
         position = self.pools[record.pool].queue_position(record.id)
@@ -129,10 +165,22 @@ class Scheduler:
         session is dropped and the new one takes over.
         """
         pool = self.pool(pool_name)
-        if not name:
-            raise ServiceError("a worker needs a non-empty name")
+        if not _is_plain_name(name):
+            raise ServiceError(
+                f"a worker's name must be 1 to {MAX_NAME_LENGTH} printable characters "
+                "without spaces"
+            )
         if capacity < 1:
             raise ServiceError("a worker's capacity must be at least 1")
+        # One registration of a name at a time, so two cannot both take over.
+        lock = self._registering.setdefault((pool_name, name), asyncio.Lock())
+        async with lock:
+            return await self._register(pool, name, capacity, capability)
+
+    async def _register(
+        self, pool: Pool, name: str, capacity: int, capability: Any
+    ) -> WorkerSession:
+        pool_name = pool.name
         old = self._sessions.get((pool_name, name))
         if old is not None:
             if await _answers_ping(old.capability):
@@ -156,7 +204,7 @@ class Scheduler:
     def unregister(self, session: WorkerSession) -> None:
         if session.closed:
             return
-        session.closed = True
+        session.close()
         if self._sessions.get((session.pool, session.name)) is session:
             del self._sessions[(session.pool, session.name)]
             self.pools[session.pool].remove_worker(session.name)
@@ -168,8 +216,7 @@ class Scheduler:
 
     async def pop(self, session: WorkerSession, worker_job: Any) -> JobRecord:
         """Wait until a job is given to this slot of ``session``."""
-        if session.closed:
-            raise ServiceError("this worker session has been replaced or closed")
+        await session.take_slot()
         pool = self.pools[session.pool]
         key = object()
         future: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
@@ -179,7 +226,9 @@ class Scheduler:
             return await future
         finally:
             if self._slots.pop(key, None) is not None:
+                # No job came to this slot: it no longer counts.
                 pool.slot_gone(key)
+                session.release_slot()
 
     def _start(self, assignment: Assignment | None) -> None:
         if assignment is None:
@@ -192,6 +241,7 @@ class Scheduler:
         self.metrics.accepted.labels(record.pool).inc()
         self.metrics.queue_wait.labels(record.pool).observe(now - record.submitted_at)
         record.on_finish.append(lambda r: pool.job_finished(assignment.worker, r.id))
+        record.on_finish.append(lambda r: slot.session.release_slot())
         logger.info("Job %s started on %s", record.id, assignment.worker)
         slot.future.set_result(record)
 
@@ -208,6 +258,11 @@ class Scheduler:
         pool = self.pools[session.pool]
         for assignment in pool.set_active(session.name, active):
             self._start(assignment)
+
+
+def _is_plain_name(name: str) -> bool:
+    """Names go into logs and tables: printable, no spaces, not too long."""
+    return 0 < len(name) <= MAX_NAME_LENGTH and name.isprintable() and " " not in name
 
 
 async def _answers_ping(worker: Any) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,9 +76,12 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     """Run until SIGINT or SIGTERM."""
     key = SecretKey.load_or_generate(config.secret_key_file)
     logger.info("Server key hash: sha-256:%s", key.fingerprint)
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = config.state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for stale in log_dir.glob("*.log"):  # logs of jobs from an earlier run
+        stale.unlink()
 
-    scheduler = Scheduler(config.pools)
+    scheduler = Scheduler(config.pools, log_dir=log_dir)
     table = ServiceTable()
     services = build_services(scheduler, key)
     for service_id, service in services.values():
@@ -91,7 +95,7 @@ async def run_scheduler(config: SchedulerConfig) -> None:
             lambda: Restorer(table),
         )
     except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        reason = _os_reason(exc)
         raise ConfigError(f"cannot listen on {config.listen}: {reason}") from None
     port = server.sockets[0].getsockname()[1]
     logger.info("Listening on %s", TcpAddress(config.listen.host, port))
@@ -115,7 +119,7 @@ async def run_scheduler(config: SchedulerConfig) -> None:
             )
         except OSError as exc:
             server.close()
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            reason = _os_reason(exc)
             raise ConfigError(
                 f"cannot serve metrics on {config.prometheus}: {reason}"
             ) from None
@@ -129,3 +133,10 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     server.close()
     if metrics_runner is not None:
         await metrics_runner.cleanup()
+
+
+def _os_reason(exc: OSError) -> str:
+    """The short reason of a socket error (asyncio wraps bind errors in prose)."""
+    if isinstance(exc, socket.gaierror):
+        return str(exc.strerror)
+    return os.strerror(exc.errno) if exc.errno else str(exc)
