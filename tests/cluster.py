@@ -87,6 +87,7 @@ class Cluster:
         return process
 
     def start_scheduler(self) -> Process:
+        self.root.mkdir(parents=True, exist_ok=True)
         for pool in self.pools:
             self.cap(f"pool-{pool}").unlink(missing_ok=True)
         process = self._spawn(

@@ -161,3 +161,46 @@ async def test_cancel_unconfirmed_by_a_hung_worker_still_ends_stub_worker(
     await scheduler.cancel(record)
     assert record.state is JobState.CANCELLED
     assert b"worker w1 did not confirm within 0 s" in record.log.contents()
+
+
+async def test_job_of_a_lost_worker_that_logged_nothing_is_requeued_stub_worker() -> (
+    None
+):
+    scheduler, record = await started_job(StubWorkerJob())
+    session = scheduler._running[record.id]
+    scheduler.worker_lost(session, "test")
+    assert record.state is JobState.QUEUED
+    assert record.attempt == 0  # not counted: it never started
+    assert scheduler.pools["linux"].queue_position(record.id) == 0
+
+
+async def test_building_job_is_retried_once_then_fails_stub_worker() -> None:
+    scheduler, record = await started_job(StubWorkerJob([(b"step 1\n", 7)]))
+    await asyncio.sleep(0.01)
+    scheduler.worker_lost(scheduler._running[record.id], "it vanished")
+    assert record.state is JobState.QUEUED and record.attempt == 1
+    assert b"worker w1 was lost: it vanished; trying again on another worker " in (
+        record.log.contents()
+    )
+
+    second = await scheduler.register("linux", "w2", 1, capability=None)
+    assert await scheduler.pop(second, StubWorkerJob([(b"again\n", 6)])) is record
+    await asyncio.sleep(0.01)
+    assert record.attempt == 2
+    scheduler.worker_lost(second, "it vanished too")
+    assert record.state is JobState.FAILED
+    assert record.outcome is not None
+    assert record.outcome.detail == (
+        "worker w2 was lost: it vanished too; the job was lost with it after 2 attempts"
+    )
+
+
+async def test_result_of_an_abandoned_attempt_is_ignored_stub_worker() -> None:
+    stale = StubWorkerJob()
+    scheduler, record = await started_job(stale)
+    record.log.write(b"x")  # as if the first attempt had logged
+    scheduler.worker_lost(scheduler._running[record.id], "frozen")
+    stale.chunks.append((b"late output\n", 1))  # the frozen worker wakes up
+    await asyncio.sleep(0.01)
+    assert b"late output" not in record.log.contents()
+    assert record.state is JobState.QUEUED

@@ -18,7 +18,7 @@ from typing import Any
 
 from build_api import schema
 from build_api.errors import ServiceError
-from build_api.rpc import remote
+from build_api.rpc import PeerConnection, remote
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ UNKNOWN_CAPABILITY = "unknown capability (revoked, or not issued by this schedul
 class Service:
     name: str
     interface: Any
-    make: Callable[[], Any]
+    make: Callable[[PeerConnection], Any]
 
 
 class ServiceTable:
@@ -60,8 +60,9 @@ def new_service_id() -> bytes:
 class Restorer(schema.build.Restorer.Server):  # type: ignore[misc]
     """Serves ``restore(id, interface)`` from a :class:`ServiceTable`."""
 
-    def __init__(self, table: ServiceTable) -> None:
+    def __init__(self, table: ServiceTable, peer: PeerConnection) -> None:
         self._table = table
+        self._peer = peer
 
     @remote
     async def restore(self, id: bytes, interfaceId: int, **_: Any) -> Any:  # noqa: N803
@@ -74,7 +75,7 @@ class Restorer(schema.build.Restorer.Server):  # type: ignore[misc]
                 f"this capability is for {service.name}; "
                 f"it cannot be used for {_purpose(interfaceId)}"
             )
-        return service.make()
+        return service.make(self._peer)
 
 
 _PURPOSES = {

@@ -117,18 +117,33 @@ async def connect_and_restore(ref: SturdyRef, interface: Any) -> tuple[Connectio
         raise
 
 
+class PeerConnection:
+    """The server's side of one accepted connection, so that it can drop it.
+
+    A peer that hangs with its connection open (a frozen process, a host
+    gone without a goodbye) is never noticed by the RPC system itself;
+    whoever notices can cut the connection here.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def close(self) -> None:
+        self._stream.close()
+
+
 async def serve(
     host: str,
     port: int,
     ssl_context: ssl.SSLContext,
-    make_bootstrap: Callable[[], Any],
+    make_bootstrap: Callable[[PeerConnection], Any],
 ) -> asyncio.Server:
     """Accept TLS connections, giving each a fresh bootstrap capability."""
 
     async def on_connection(stream: Any) -> None:
         server = capnp.TwoPartyServer(
             stream,
-            bootstrap=make_bootstrap(),
+            bootstrap=make_bootstrap(PeerConnection(stream)),
             traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS,
         )
         try:

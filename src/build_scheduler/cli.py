@@ -13,7 +13,9 @@ from build_api import __version__
 from build_api.address import TcpAddress, parse_tcp_address
 from build_api.errors import ConfigError
 from build_scheduler.http_metrics import DEFAULT_WORKER_TIMEOUT_SECONDS
+from build_scheduler.scheduler import DEFAULT_MAX_ATTEMPTS
 from build_scheduler.server import SchedulerConfig, run_scheduler
+from build_scheduler.sessions import Heartbeat
 
 
 def _address(
@@ -104,6 +106,27 @@ def _default_public(listen: TcpAddress) -> TcpAddress:
     show_default=True,
     help="Seconds to wait for a worker's metrics before answering 504.",
 )
+@click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(min=0.1),
+    default=Heartbeat.interval,
+    show_default=True,
+    help="Seconds between pings to each worker.",
+)
+@click.option(
+    "--heartbeat-timeout",
+    type=click.FloatRange(min=0.1),
+    default=Heartbeat.timeout,
+    show_default=True,
+    help="Seconds a worker has to answer a ping before it counts as lost.",
+)
+@click.option(
+    "--job-retries",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_ATTEMPTS - 1,
+    show_default=True,
+    help="How many times a job whose worker was lost mid-build is tried again.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
 def main(
     capnp_secret_key_file: Path,
@@ -113,6 +136,9 @@ def main(
     pools: list[str],
     listen_prometheus: TcpAddress | None,
     worker_metrics_timeout: float,
+    heartbeat_interval: float,
+    heartbeat_timeout: float,
+    job_retries: int,
     verbose: bool,
 ) -> None:
     """Queue build jobs in pools and hand them to the workers of each pool."""
@@ -128,6 +154,8 @@ def main(
         pools=pools,
         prometheus=listen_prometheus,
         worker_metrics_timeout=worker_metrics_timeout,
+        heartbeat=Heartbeat(heartbeat_interval, heartbeat_timeout),
+        job_retries=job_retries,
     )
     try:
         asyncio.run(capnp.run(run_scheduler(config)))

@@ -7,10 +7,17 @@ scheduler always knows how each job ended, any number of clients can follow
 a job at the cost of one stream from the worker, and a client's view does
 not depend on the worker staying reachable after the build.
 
-States move only forward:
+States:
 
     queued ──▶ running ──▶ succeeded | failed | cancelled
-       └──────────────────▶ cancelled
+       ▲          │
+       └──────────┘  the worker was lost: the job is tried again
+    queued ──────────────▶ cancelled
+
+Each start is an attempt, numbered from 1. Only the current attempt may
+write to the log or end the job: when an attempt is abandoned (its worker
+was lost), its follower is stopped and anything its worker says later is
+ignored.
 """
 
 from __future__ import annotations
@@ -76,6 +83,11 @@ class JobRecord:
         self.started = asyncio.Event()
         self.finished = asyncio.Event()
         self.on_finish: list[Callable[[JobRecord], None]] = []
+        # Told when the current attempt's worker is lost, with the reason;
+        # without a handler the job fails.
+        self.on_worker_lost: Callable[[JobRecord, str], None] | None = None
+        self._attempt_log_start = 0
+        self.queued: Any = None  # the pool's entry for this job
         self._worker_job: Any = None
         self._follower: asyncio.Task[None] | None = None
 
@@ -85,9 +97,31 @@ class JobRecord:
         self.state = JobState.RUNNING
         self.worker = worker
         self.attempt += 1
+        self._attempt_log_start = len(self.log)
         self._worker_job = worker_job
-        self._follower = asyncio.create_task(self._follow(), name=f"follow-{self.id}")
+        self._follower = asyncio.create_task(
+            self._follow(worker_job), name=f"follow-{self.id}-{self.attempt}"
+        )
         self.started.set()
+
+    def abandon_attempt(self) -> bool:
+        """Stop following the current attempt; True if it had logged anything."""
+        self._stop_following()
+        return len(self.log) > self._attempt_log_start
+
+    def requeue(self, note: str, *, count_attempt: bool) -> None:
+        """Back to the queue after an abandoned attempt."""
+        if not count_attempt:
+            self.attempt -= 1
+        self.log.write(note.encode())
+        self.state = JobState.QUEUED
+        self.worker = ""
+
+    def _stop_following(self) -> None:
+        self._worker_job = None
+        follower, self._follower = self._follower, None
+        if follower is not None and follower is not asyncio.current_task():
+            follower.cancel()
 
     def finish(self, outcome: Outcome, *, note: str = "") -> None:
         if self.state.final:
@@ -97,9 +131,7 @@ class JobRecord:
         self.state = outcome.state
         self.outcome = outcome
         self.log.close()
-        self._worker_job = None
-        if self._follower is not None and self._follower is not asyncio.current_task():
-            self._follower.cancel()
+        self._stop_following()
         # The description may hold a registry password: keep it no longer.
         self.description = None
         self.started.set()  # so nobody waits for a start that will not come
@@ -129,9 +161,8 @@ class JobRecord:
         note = f"\nJob cancelled; worker {self.worker} {reason}.\n"
         self.finish(Outcome(JobState.CANCELLED, "cancelled"), note=note)
 
-    async def _follow(self) -> None:
+    async def _follow(self, worker_job: Any) -> None:
         """Copy the worker's log and result into this record."""
-        worker_job = self._worker_job
         offset = 0
         try:
             while True:
@@ -145,7 +176,8 @@ class JobRecord:
             outcome = (await worker_job.result()).outcome
         except capnp.KjException as exc:
             if is_disconnect(exc):
-                reason = f"worker {self.worker} was lost during the build"
+                self._lost("its connection closed")
+                return
             else:
                 reason = f"worker {self.worker} failed to report the build: "
                 reason += remote_message(exc)
@@ -162,6 +194,12 @@ class JobRecord:
         else:
             self.finish(Outcome(JobState.CANCELLED, "cancelled"))
         logger.info("Job %s on %s: %s", self.id, self.worker, self.state.value)
+
+    def _lost(self, reason: str) -> None:
+        if self.on_worker_lost is not None:
+            self.on_worker_lost(self, reason)
+        else:
+            self._fail(f"worker {self.worker} was lost during the build ({reason})")
 
     def _fail(self, reason: str) -> None:
         logger.warning("Job %s failed: %s", self.id, reason)

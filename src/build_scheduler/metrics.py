@@ -51,6 +51,12 @@ class SchedulerMetrics:
             ["pool"],
             registry=self.registry,
         )
+        self.requeued = Counter(
+            "build_scheduler_jobs_requeued",
+            "Jobs put back in the queue because their worker was lost.",
+            ["pool"],
+            registry=self.registry,
+        )
         self.finished = Counter(
             "build_scheduler_jobs_finished",
             "Jobs that ended, by result: succeeded, failed or cancelled.",

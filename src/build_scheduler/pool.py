@@ -119,6 +119,15 @@ class Pool:
         assignments = self._dispatch()
         return assignments[0] if assignments else None
 
+    def requeue(self, job: QueuedJob) -> Assignment | None:
+        """Put a job that was taken back at the head of its queue."""
+        job.cancelled = False
+        (self._urgent if job.urgent else self._normal).appendleft(job)
+        self._queued[job.id] = job
+        self._urgent_waiting += job.urgent
+        assignments = self._dispatch()
+        return assignments[0] if assignments else None
+
     def cancel(self, job_id: str) -> bool:
         """Take a queued job out of the queue; False if it was not queued."""
         job = self._queued.pop(job_id, None)

@@ -1,9 +1,16 @@
 """The scheduler's pools and jobs, glued to asyncio.
 
 :class:`Scheduler` owns the pure :class:`~build_scheduler.pool.Pool` of each
-pool, the record of each job, and the futures that waiting worker slots are
-parked on. The Cap'n Proto servers in :mod:`build_scheduler.services` call
-into it and hold no state of their own beyond what a connection needs.
+pool, the record of each job, the sessions of the connected workers, and
+the futures that waiting worker slots are parked on. The Cap'n Proto
+servers in :mod:`build_scheduler.services` call into it and hold no state
+of their own beyond what a connection needs.
+
+When a worker is lost (its connection closed, or it stopped answering the
+heartbeat), each job it had is dealt with at once: a job whose attempt had
+not logged anything yet goes back to the queue as if never taken; a job
+that was building is tried again, at the head of the queue, while it has
+attempts left, and fails with the reason once it has none.
 """
 
 from __future__ import annotations
@@ -14,59 +21,28 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import capnp
-
 from build_api.errors import ServiceError
 from build_api.joblog import JobLog
+from build_api.rpc import PeerConnection
 from build_scheduler.jobs import JobRecord, JobState, Outcome
 from build_scheduler.metrics import SchedulerMetrics
 from build_scheduler.pool import Assignment, Pool, QueuedJob
+from build_scheduler.sessions import Heartbeat, WorkerSession, answers_ping
 
 logger = logging.getLogger(__name__)
 
 # Finished jobs stay visible (by id, with their logs) until this many newer
 # jobs have finished.
 FINISHED_JOBS_KEPT = 1000
-# How long a worker may take to answer a ping before it counts as gone.
+# How long a worker may take to answer the ping sent when another worker
+# registers under its name.
 PING_TIMEOUT_SECONDS = 5.0
 MAX_NAME_LENGTH = 100
-
-
-@dataclass(eq=False)
-class WorkerSession:
-    """One registration of a worker: ends when its connection does."""
-
-    pool: str
-    name: str
-    capacity: int
-    capability: Any
-    closed: bool = False
-    # Slots waiting for a job plus jobs running: never more than capacity.
-    load: int = 0
-    _room: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def take_slot(self) -> None:
-        """Wait until the worker is below its capacity, then count one more."""
-        while self.load >= self.capacity and not self.closed:
-            # A worker asks again as soon as a build ends, which can be just
-            # before the scheduler sees that end: wait for it, do not refuse.
-            self._room.clear()
-            await self._room.wait()
-        if self.closed:
-            raise ServiceError("this worker session has been replaced or closed")
-        self.load += 1
-
-    def release_slot(self) -> None:
-        self.load -= 1
-        self._room.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self._room.set()
+DEFAULT_MAX_ATTEMPTS = 2
 
 
 @dataclass(eq=False)
@@ -83,14 +59,20 @@ class Scheduler:
         *,
         clock: Callable[[], float] = time.monotonic,
         log_dir: Path | None = None,
+        heartbeat: Heartbeat | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ):
         self._clock = clock
         self._log_dir = log_dir
-        self._registering: dict[tuple[str, str], asyncio.Lock] = {}
+        self._heartbeat = heartbeat
+        self._max_attempts = max_attempts
         self.pools = {name: Pool(name, clock) for name in pool_names}
         self.jobs: dict[str, JobRecord] = {}
         self._sessions: dict[tuple[str, str], WorkerSession] = {}
+        self._registering: dict[tuple[str, str], asyncio.Lock] = {}
         self._slots: dict[object, _Slot] = {}
+        # job id -> the session running its current attempt
+        self._running: dict[str, WorkerSession] = {}
         self._finished: deque[str] = deque()
         self.metrics = SchedulerMetrics(lambda: self.pools)
 
@@ -117,9 +99,11 @@ class Scheduler:
             log=JobLog(path=log_path),
         )  # fmt: skip
         self.jobs[record.id] = record
-        record.on_finish.append(self._retire)
+        record.on_finish.append(self._finished_job)
+        record.on_worker_lost = self._attempt_lost
         self.metrics.submitted.labels(pool_name).inc()
         queued = QueuedJob(record.id, client, urgent, now, payload=record)
+        record.queued = queued
         logger.info("Job %s queued in pool %s for %s", record.id, pool_name, client)
         self._start(pool.submit(queued))
         return record
@@ -136,7 +120,12 @@ class Scheduler:
             logger.info("Cancelling job %s on %s", record.id, record.worker)
             await record.cancel_running()
 
-    def _retire(self, record: JobRecord) -> None:
+    def position(self, record: JobRecord) -> int:
+        position = self.pools[record.pool].queue_position(record.id)
+        return position if position is not None else 0
+
+    def _finished_job(self, record: JobRecord) -> None:
+        self._end_attempt(record)
         result = record.state.value
         self.metrics.finished.labels(record.pool, result).inc()
         if record.started_at is not None:
@@ -148,14 +137,16 @@ class Scheduler:
             if dropped is not None:
                 dropped.log.discard()
 
-    def position(self, record: JobRecord) -> int:
-        position = self.pools[record.pool].queue_position(record.id)
-        return position if position is not None else 0
-
     # Workers
 
     async def register(
-        self, pool_name: str, name: str, capacity: int, capability: Any
+        self,
+        pool_name: str,
+        name: str,
+        capacity: int,
+        capability: Any,
+        *,
+        connection: PeerConnection | None = None,
     ) -> WorkerSession:
         """Add a worker's session, unless a live worker already has the name.
 
@@ -175,24 +166,21 @@ class Scheduler:
         # One registration of a name at a time, so two cannot both take over.
         lock = self._registering.setdefault((pool_name, name), asyncio.Lock())
         async with lock:
-            return await self._register(pool, name, capacity, capability)
-
-    async def _register(
-        self, pool: Pool, name: str, capacity: int, capability: Any
-    ) -> WorkerSession:
-        pool_name = pool.name
-        old = self._sessions.get((pool_name, name))
-        if old is not None:
-            if await _answers_ping(old.capability):
-                raise ServiceError(
-                    f"a worker named {name!r} is already connected to pool {pool_name}"
-                )
-            logger.warning("Worker %r registered again; dropping its old session", name)
-            if self._sessions.get((pool_name, name)) is old:
-                self.unregister(old)
-        session = WorkerSession(pool_name, name, capacity, capability)
-        self._sessions[(pool_name, name)] = session
-        pool.add_worker(name, capacity)
+            old = self._sessions.get((pool_name, name))
+            if old is not None:
+                if await answers_ping(old.capability, PING_TIMEOUT_SECONDS):
+                    raise ServiceError(
+                        f"a worker named {name!r} is already connected to pool "
+                        f"{pool_name}"
+                    )
+                self.worker_lost(old, "a new worker registered under its name")
+            session = WorkerSession(pool_name, name, capacity, capability, connection)
+            self._sessions[(pool_name, name)] = session
+            pool.add_worker(name, capacity)
+        if self._heartbeat is not None:
+            session.start_heartbeat(
+                self._heartbeat, lambda reason: self.worker_lost(session, reason)
+            )
         logger.info(
             'Registered new worker "%s" in pool %s (capacity %d)',
             name,
@@ -201,18 +189,24 @@ class Scheduler:
         )
         return session
 
-    def unregister(self, session: WorkerSession) -> None:
+    def worker_lost(self, session: WorkerSession, reason: str) -> None:
+        """End a session and deal with every job it had."""
         if session.closed:
             return
         session.close()
-        if self._sessions.get((session.pool, session.name)) is session:
-            del self._sessions[(session.pool, session.name)]
+        key = (session.pool, session.name)
+        if self._sessions.get(key) is session:
+            del self._sessions[key]
             self.pools[session.pool].remove_worker(session.name)
-        for key, slot in list(self._slots.items()):
+        for slot_key, slot in list(self._slots.items()):
             if slot.session is session:
-                del self._slots[key]
+                del self._slots[slot_key]
                 slot.future.cancel()
-        logger.info('Worker "%s" left pool %s', session.name, session.pool)
+        logger.info('Worker "%s" left pool %s: %s', session.name, session.pool, reason)
+        for job_id in sorted(session.running):
+            record = self.jobs.get(job_id)
+            if record is not None and record.state is JobState.RUNNING:
+                self._attempt_lost(record, f"worker {session.name} was lost: {reason}")
 
     async def pop(self, session: WorkerSession, worker_job: Any) -> JobRecord:
         """Wait until a job is given to this slot of ``session``."""
@@ -235,15 +229,58 @@ class Scheduler:
             return
         slot = self._slots.pop(assignment.slot)
         record: JobRecord = assignment.job.payload
-        pool = self.pools[record.pool]
         now = self._clock()
         record.start(assignment.worker, slot.worker_job, now=now)
+        self._running[record.id] = slot.session
+        slot.session.running.add(record.id)
         self.metrics.accepted.labels(record.pool).inc()
         self.metrics.queue_wait.labels(record.pool).observe(now - record.submitted_at)
-        record.on_finish.append(lambda r: pool.job_finished(assignment.worker, r.id))
-        record.on_finish.append(lambda r: slot.session.release_slot())
-        logger.info("Job %s started on %s", record.id, assignment.worker)
+        logger.info(
+            "Job %s started on %s (attempt %d)",
+            record.id,
+            assignment.worker,
+            record.attempt,
+        )
         slot.future.set_result(record)
+
+    def _end_attempt(self, record: JobRecord) -> None:
+        session = self._running.pop(record.id, None)
+        if session is None:
+            return
+        self.pools[record.pool].job_finished(session.name, record.id)
+        session.running.discard(record.id)
+        session.release_slot()
+
+    def _attempt_lost(self, record: JobRecord, reason: str) -> None:
+        """The worker of the job's current attempt is gone: retry or fail."""
+        if record.state is not JobState.RUNNING:
+            return
+        self._end_attempt(record)
+        logged = record.abandon_attempt()
+        if not logged:
+            logger.info("Job %s goes back to the queue: %s", record.id, reason)
+            record.requeue("", count_attempt=False)
+        elif record.attempt < self._max_attempts:
+            next_attempt = record.attempt + 1
+            logger.warning(
+                "Job %s will be tried again (attempt %d of %d): %s",
+                record.id, next_attempt, self._max_attempts, reason,
+            )  # fmt: skip
+            record.requeue(
+                f"\n--- {reason}; trying again on another worker "
+                f"(attempt {next_attempt} of {self._max_attempts}) ---\n",
+                count_attempt=True,
+            )
+        else:
+            message = (
+                f"{reason}; the job was lost with it after {record.attempt} "
+                f"attempt{'s' if record.attempt > 1 else ''}"
+            )
+            logger.warning("Job %s failed: %s", record.id, message)
+            record.finish(Outcome(JobState.FAILED, message), note=f"\n{message}\n")
+            return
+        self.metrics.requeued.labels(record.pool).inc()
+        self._start(self.pools[record.pool].requeue(record.queued))
 
     def worker_capability(self, pool_name: str, name: str) -> Any:
         """The capability of a connected worker; raises ``LookupError`` if none."""
@@ -263,13 +300,3 @@ class Scheduler:
 def _is_plain_name(name: str) -> bool:
     """Names go into logs and tables: printable, no spaces, not too long."""
     return 0 < len(name) <= MAX_NAME_LENGTH and name.isprintable() and " " not in name
-
-
-async def _answers_ping(worker: Any) -> bool:
-    if worker is None:
-        return False
-    try:
-        await asyncio.wait_for(worker.ping(), PING_TIMEOUT_SECONDS)
-    except (TimeoutError, capnp.KjException):
-        return False
-    return True

@@ -21,8 +21,9 @@ from build_scheduler.http_metrics import (
     DEFAULT_WORKER_TIMEOUT_SECONDS,
     start_metrics_server,
 )
-from build_scheduler.scheduler import Scheduler
+from build_scheduler.scheduler import DEFAULT_MAX_ATTEMPTS, Scheduler
 from build_scheduler.services import AdminServer, RegistrationServer, SubmissionServer
+from build_scheduler.sessions import Heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class SchedulerConfig:
     pools: list[str]
     prometheus: TcpAddress | None = None
     worker_metrics_timeout: float = DEFAULT_WORKER_TIMEOUT_SECONDS
+    heartbeat: Heartbeat = Heartbeat()
+    job_retries: int = DEFAULT_MAX_ATTEMPTS - 1
 
 
 def build_services(
@@ -50,13 +53,15 @@ def build_services(
             Service(
                 "submitting jobs",
                 schema.build.Submission,
-                lambda: SubmissionServer(scheduler, DEFAULT_CLIENT),
+                lambda peer: SubmissionServer(scheduler, DEFAULT_CLIENT),
             ),
         ),
         "admin": (
             key.derive_secret("admin"),
             Service(
-                "administration", schema.build.Admin, lambda: AdminServer(scheduler)
+                "administration",
+                schema.build.Admin,
+                lambda peer: AdminServer(scheduler),
             ),
         ),
     }
@@ -66,7 +71,7 @@ def build_services(
             Service(
                 f"registering workers in pool {pool}",
                 schema.build.Registration,
-                lambda pool=pool: RegistrationServer(scheduler, pool),  # type: ignore[misc]
+                lambda peer, pool=pool: RegistrationServer(scheduler, pool, peer),  # type: ignore[misc]
             ),
         )
     return services
@@ -81,7 +86,12 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     for stale in log_dir.glob("*.log"):  # logs of jobs from an earlier run
         stale.unlink()
 
-    scheduler = Scheduler(config.pools, log_dir=log_dir)
+    scheduler = Scheduler(
+        config.pools,
+        log_dir=log_dir,
+        heartbeat=config.heartbeat,
+        max_attempts=config.job_retries + 1,
+    )
     table = ServiceTable()
     services = build_services(scheduler, key)
     for service_id, service in services.values():
@@ -92,7 +102,7 @@ async def run_scheduler(config: SchedulerConfig) -> None:
             config.listen.host,
             config.listen.port,
             key.server_ssl_context(),
-            lambda: Restorer(table),
+            lambda peer: Restorer(table, peer),
         )
     except OSError as exc:
         reason = _os_reason(exc)

@@ -12,9 +12,10 @@ from typing import Any
 
 from build_api import schema
 from build_api.errors import ServiceError
-from build_api.rpc import remote
+from build_api.rpc import PeerConnection, remote
 from build_scheduler.jobs import JobRecord, JobState
-from build_scheduler.scheduler import Scheduler, WorkerSession
+from build_scheduler.scheduler import Scheduler
+from build_scheduler.sessions import WorkerSession
 
 logger = logging.getLogger(__name__)
 
@@ -121,13 +122,16 @@ class JobServer(_Holder, schema.build.Job.Server):  # type: ignore[misc]
 
 
 class RegistrationServer(schema.build.Registration.Server):  # type: ignore[misc]
-    def __init__(self, scheduler: Scheduler, pool: str) -> None:
+    def __init__(self, scheduler: Scheduler, pool: str, peer: PeerConnection) -> None:
         self._scheduler = scheduler
         self._pool = pool
+        self._peer = peer
 
     @remote
     async def register(self, name: str, worker: Any, capacity: int, **_: Any) -> Any:
-        session = await self._scheduler.register(self._pool, name, capacity, worker)
+        session = await self._scheduler.register(
+            self._pool, name, capacity, worker, connection=self._peer
+        )
         return QueueServer(self._scheduler, session)
 
 
@@ -139,7 +143,7 @@ class QueueServer(schema.build.Queue.Server):  # type: ignore[misc]
         self._session = session
 
     def __del__(self) -> None:
-        self._scheduler.unregister(self._session)
+        self._scheduler.worker_lost(self._session, "its connection closed")
 
     @remote
     async def pop(self, job: Any, _context: Any, **_: Any) -> None:
