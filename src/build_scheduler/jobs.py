@@ -140,7 +140,7 @@ class JobRecord:
             callback(self)
 
     async def cancel_running(self) -> None:
-        """Ask the worker to stop the build; the follower records the end.
+        """Ask the worker to stop the build, and wait until the job has ended.
 
         A worker that does not confirm in time (it hangs, or its connection
         does) cannot be relied on to stop: the job ends as cancelled anyway.
@@ -149,7 +149,9 @@ class JobRecord:
         if worker_job is None:
             return
         try:
-            await asyncio.wait_for(worker_job.cancel(), CANCEL_TIMEOUT_SECONDS)
+            async with asyncio.timeout(CANCEL_TIMEOUT_SECONDS):
+                await worker_job.cancel()
+                await self.finished.wait()  # the follower sees the build end
             return
         except TimeoutError:
             reason = f"did not confirm within {CANCEL_TIMEOUT_SECONDS:.0f} s"

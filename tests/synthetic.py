@@ -1,0 +1,103 @@
+"""Synthetic workers and clients, written against the public schema only.
+
+They speak the protocol as any third-party worker or client could, with no
+Docker engine behind them, so tests and benchmarks can drive thousands of
+jobs through a real scheduler. Their names say what they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from build_api import schema
+from build_api.joblog import JobLog
+from build_api.rpc import connect_and_restore
+from build_api.sturdy import SturdyRef
+
+
+class SyntheticJob(schema.build.Job.Server):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.log_buffer = JobLog()
+        self.cancelled = asyncio.Event()
+        self.outcome: asyncio.Future[tuple[str, str]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def finish(self, kind: str, detail: str = "") -> None:
+        if not self.outcome.done():
+            self.outcome.set_result((kind, detail))
+            self.log_buffer.close()
+
+    async def log(self, start: int, **_: Any) -> tuple[bytes, int]:
+        return await self.log_buffer.read(start)
+
+    async def result(self, _context: Any, **_: Any) -> None:
+        kind, detail = await asyncio.shield(self.outcome)
+        outcome = _context.results.init("outcome")
+        if kind == "success":
+            outcome.success = detail
+        elif kind == "failure":
+            outcome.failure = detail
+        else:
+            outcome.cancelled = None
+
+    async def cancel(self, **_: Any) -> None:
+        self.cancelled.set()
+        self.finish("cancelled")
+
+
+class SyntheticWorkerServer(schema.build.Worker.Server):  # type: ignore[misc]
+    async def metrics(self, source: Any, **_: Any) -> tuple[str, str]:
+        return "text/plain", ""
+
+    async def ping(self, **_: Any) -> None:
+        return None
+
+
+JobHandler = Callable[[str, Any, SyntheticJob], Awaitable[None]]
+
+
+async def finish_at_once(job_id: str, description: Any, job: SyntheticJob) -> None:
+    """Build nothing: one log line and an immediate success."""
+    job.log_buffer.write(f"synthetic build of {job_id}\n".encode())
+    job.finish("success", f"sha256:{job_id}")
+
+
+@dataclass
+class SyntheticWorker:
+    """Registers like build-worker and runs ``handler`` for each job."""
+
+    ref: SturdyRef
+    name: str
+    capacity: int = 1
+    handler: JobHandler = finish_at_once
+    received: list[str] = field(default_factory=list)
+
+    async def run(self) -> None:
+        connection, registration = await connect_and_restore(
+            self.ref, schema.build.Registration
+        )
+        try:
+            reply = await registration.register(
+                self.name, SyntheticWorkerServer(), self.capacity
+            )
+            queue = reply.queue
+            await asyncio.gather(*(self._slot(queue) for _ in range(self.capacity)))
+        finally:
+            connection.close()
+
+    async def _slot(self, queue: Any) -> None:
+        while True:
+            job = SyntheticJob()
+            reply = await queue.pop(job)
+            self.received.append(reply.id)
+            await self.handler(reply.id, reply.description, job)
+
+
+def simple_description(text: str = "FROM busybox\n") -> Any:
+    description = schema.build.JobDescription.new_message()
+    description.dockerfile.contents = text
+    return description
