@@ -60,16 +60,17 @@ class JobLog:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            # A finished log is read rarely: hold no descriptor for it.
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
             self._wake()
 
     def discard(self) -> None:
         """Close the log and free what it holds (its file, if any)."""
         self.close()
         self._memory = bytearray()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-            assert self._path is not None
+        if self._path is not None:
             self._path.unlink(missing_ok=True)
 
     def contents(self) -> bytes:
@@ -99,8 +100,17 @@ class JobLog:
         self._length += len(data)
 
     def _slice(self, start: int, size: int) -> bytes:
+        if size <= 0:
+            return b""
         if self._fd is not None:
-            return os.pread(self._fd, size, start) if size > 0 else b""
+            return os.pread(self._fd, size, start)
+        if self._path is not None:
+            try:
+                with self._path.open("rb") as file:
+                    file.seek(start)
+                    return file.read(size)
+            except FileNotFoundError:  # discarded meanwhile
+                return b""
         return bytes(self._memory[start : start + size])
 
     def _wake(self) -> None:

@@ -78,7 +78,7 @@ class JobRecord:
         self.submitted_at = submitted_at
         self.started_at: float | None = None
         self.holders = 0  # capabilities on this job held by clients
-        self.log = log or JobLog()
+        self.log = log if log is not None else JobLog()
         self.outcome: Outcome | None = None
         self.started = asyncio.Event()
         self.finished = asyncio.Event()
