@@ -72,10 +72,11 @@ interface Ticket {
 }
 
 interface Job {
-  log @0 (start :Int64) -> (data :Data, next :Int64);
+  log @0 (start :Int64) -> (data :Data, next :Int64, ended :Bool);
   # At most one chunk of the log from byte `start`, waiting while there is
-  # nothing new and the job still runs. An empty chunk means the log ended.
-  # A negative start counts from the end.
+  # nothing new and the job still runs. An empty chunk means the log ended;
+  # so does `ended`, set when this chunk reaches the end of a finished log,
+  # which saves the reader one call. A negative start counts from the end.
   result @1 () -> (outcome :Outcome);
   # Waits until the job ends.
   cancel @2 () -> ();

@@ -31,7 +31,7 @@ class SyntheticJob(schema.build.Job.Server):  # type: ignore[misc]
             self.outcome.set_result((kind, detail))
             self.log_buffer.close()
 
-    async def log(self, start: int, **_: Any) -> tuple[bytes, int]:
+    async def log(self, start: int, **_: Any) -> tuple[bytes, int, bool]:
         return await self.log_buffer.read(start)
 
     async def result(self, _context: Any, **_: Any) -> None:

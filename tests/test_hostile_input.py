@@ -109,7 +109,8 @@ def test_megabyte_lines_and_split_characters_arrive_byte_exact(
 ) -> None:
     cluster.start_worker("w1")
     # Lines of multi-byte characters (the engine echoes each in its step
-    # line) cross many 64 KiB chunk boundaries of the log at odd offsets.
+    # line), cut wherever the log is cut as it streams through two hops;
+    # test_joblog checks every possible cut of such text.
     notes = [f"{i:02d}" + "é✓🎉" * (4000 + i) for i in range(8)]
     args = "".join(f"ARG NOTE{i}={note}\n" for i, note in enumerate(notes))
     long_line = "x" * (4 * 1024 * 1024)

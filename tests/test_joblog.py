@@ -10,7 +10,7 @@ from build_api.joblog import JobLog
 async def read_all(log: JobLog, *, limit: int) -> bytes:
     out, offset = b"", 0
     while True:
-        chunk, offset = await log.read(offset, limit=limit)
+        chunk, offset, _ = await log.read(offset, limit=limit)
         if not chunk:
             return out
         out += chunk
@@ -40,23 +40,41 @@ async def test_reader_waits_for_more_then_sees_the_end() -> None:
 async def test_negative_start_counts_from_the_end() -> None:
     log = JobLog()
     log.write(b"0123456789")
-    assert await log.read(-3) == (b"789", 10)
-    assert await log.read(-100) == (b"0123456789", 10)
+    assert await log.read(-3) == (b"789", 10, False)
+    assert await log.read(-100) == (b"0123456789", 10, False)
+
+
+async def test_last_chunk_of_a_finished_log_says_it_ended() -> None:
+    log = JobLog()
+    log.write(b"abcdef")
+    assert await log.read(0, limit=4) == (b"abcd", 4, False)
+    log.close()
+    assert await log.read(4) == (b"ef", 6, True)
 
 
 async def test_read_past_end_of_closed_log_is_empty() -> None:
     log = JobLog()
     log.write(b"abc")
     log.close()
-    assert await log.read(3) == (b"", 3)
-    assert await log.read(50) == (b"", 3)
+    assert await log.read(3) == (b"", 3, True)
+    assert await log.read(50) == (b"", 3, True)
 
 
-async def test_log_in_a_file_reads_like_one_in_memory(tmp_path) -> None:
+async def test_small_log_stays_in_memory(tmp_path) -> None:
     path = tmp_path / "job.log"
     log = JobLog(path=path)
-    text = "ünïcödé ✓\n".encode() * 1000
-    log.write(text)
+    log.write(b"short\n")
+    log.close()
+    assert not path.exists()
+    assert await read_all(log, limit=3) == b"short\n"
+
+
+async def test_large_log_moves_to_its_file_and_reads_the_same(tmp_path) -> None:
+    path = tmp_path / "job.log"
+    log = JobLog(path=path)
+    text = "ünïcödé ✓\n".encode() * 3000
+    for i in range(0, len(text), 999):
+        log.write(text[i : i + 999])
     log.close()
     assert path.read_bytes() == text
     assert await read_all(log, limit=7) == text

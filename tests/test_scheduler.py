@@ -123,8 +123,11 @@ class StubWorkerJob:
     async def log(self, start: int):
         if self.chunks:
             data, next_offset = self.chunks.pop(0)
-            return SimpleNamespace(data=data, next=next_offset)
+            return SimpleNamespace(data=data, next=next_offset, ended=False)
         await asyncio.sleep(3600)
+
+    def result(self) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()  # never answers
 
     async def cancel(self) -> None:
         if self.cancel_hangs:

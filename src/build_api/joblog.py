@@ -5,10 +5,12 @@ multi-byte character cut by a chunk boundary arrives intact once the reader
 joins the chunks. Readers long-poll: a read at the end of a running log
 waits until more bytes arrive or the log is closed.
 
-A log is held in memory, or in a file when it is given a path (the
-scheduler keeps many logs, the worker only those it is building). Either
-way it stops growing at ``max_bytes``: the rest of the output is dropped
-and one line says so, so one noisy build cannot exhaust memory or disk.
+A log is held in memory. Given a path (the scheduler keeps many logs, the
+worker only those it is building), a log that grows past ``SPILL_BYTES``
+moves to that file, so small logs cost no file operations and large ones
+no memory. Either way it stops growing at ``max_bytes``: the rest of the
+output is dropped and one line says so, so one noisy build cannot exhaust
+memory or disk.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import asyncio
 import os
 from pathlib import Path
 
-CHUNK_BYTES = 64 * 1024
+CHUNK_BYTES = 1024 * 1024
+SPILL_BYTES = 16 * 1024
 DEFAULT_MAX_LOG_BYTES = 64 * 1024 * 1024
 
 
@@ -27,9 +30,9 @@ class JobLog:
     ) -> None:
         self._memory = bytearray()
         self._path = path
-        self._fd = (
-            os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600) if path else None
-        )
+        # Opened once the log outgrows memory; closed when the log is.
+        self._fd: int | None = None
+        self._spilled = False
         self._length = 0
         self._max_bytes = max_bytes
         self._truncated = False
@@ -76,8 +79,11 @@ class JobLog:
     def contents(self) -> bytes:
         return self._slice(0, self._length)
 
-    async def read(self, start: int, *, limit: int = CHUNK_BYTES) -> tuple[bytes, int]:
-        """Up to ``limit`` bytes from ``start``, and the offset after them.
+    async def read(
+        self, start: int, *, limit: int = CHUNK_BYTES
+    ) -> tuple[bytes, int, bool]:
+        """Up to ``limit`` bytes from ``start``, the offset after them, and
+        whether that offset is the end of the finished log.
 
         A negative ``start`` counts from the end. Returns an empty chunk only
         once the log is closed and ``start`` is at its end.
@@ -88,23 +94,35 @@ class JobLog:
             await self._grew.wait()
         start = min(start, self._length)
         chunk = self._slice(start, min(limit, self._length - start))
-        return chunk, start + len(chunk)
+        end = start + len(chunk)
+        return chunk, end, self._closed and end == self._length
 
     def _append(self, data: bytes) -> None:
-        if self._fd is not None:
-            written = 0
-            while written < len(data):
-                written += os.pwrite(self._fd, data[written:], self._length + written)
-        else:
+        if self._fd is None:
             self._memory += data
+            self._length += len(data)
+            if self._path is not None and self._length > SPILL_BYTES:
+                self._spill(self._path)
+            return
+        written = 0
+        while written < len(data):
+            written += os.pwrite(self._fd, data[written:], self._length + written)
         self._length += len(data)
+
+    def _spill(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._spilled = True
+        data, self._memory = self._memory, bytearray()
+        written = 0
+        while written < len(data):
+            written += os.pwrite(self._fd, data[written:], written)
 
     def _slice(self, start: int, size: int) -> bytes:
         if size <= 0:
             return b""
         if self._fd is not None:
             return os.pread(self._fd, size, start)
-        if self._path is not None:
+        if self._spilled and self._path is not None:
             try:
                 with self._path.open("rb") as file:
                     file.seek(start)

@@ -10,6 +10,7 @@ so no RPC byte reaches a peer with the wrong key.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import functools
 import logging
 import ssl
@@ -24,6 +25,11 @@ from build_api.keys import check_peer_certificate, client_ssl_context
 from build_api.sturdy import SturdyRef
 
 logger = logging.getLogger(__name__)
+
+# asyncio's TLS layer reads into a buffer of this many bytes per connection,
+# 256 KiB unless told otherwise; a scheduler holds a connection per worker
+# and per client, and TLS records are at most 16 KiB anyway.
+asyncio.sslproto.SSLProtocol.max_size = 64 * 1024
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 # Largest message accepted, in 8-byte words (64 MiB).

@@ -96,14 +96,15 @@ class Submitter:
         self.say(f"Job {self._job_id} is building on worker {started.worker}")
         job = started.job
         offset = 0
+        result = job.result()
         while True:
             chunk = await job.log(offset)
-            if not chunk.data:
-                break
             self._out.write(chunk.data)
             self._out.flush()
             offset = chunk.next
-        outcome = (await job.result()).outcome
+            if chunk.ended or not chunk.data:
+                break
+        outcome = (await result).outcome
         kind = outcome.which()
         if kind == "success":
             # The result comes from a worker: print it, not what it may hide.

@@ -167,15 +167,18 @@ class JobRecord:
         """Copy the worker's log and result into this record."""
         offset = 0
         try:
+            # Ask for the result at once: it arrives with the end of the log,
+            # not one round trip after it.
+            result = worker_job.result()
             while True:
                 reply = await worker_job.log(offset)
-                if not reply.data:
-                    break
-                if reply.next != offset + len(reply.data):
+                if reply.data and reply.next != offset + len(reply.data):
                     raise _ProtocolViolation("sent a log chunk with a wrong offset")
                 self.log.write(reply.data)
                 offset = reply.next
-            outcome = (await worker_job.result()).outcome
+                if reply.ended or not reply.data:
+                    break
+            outcome = (await result).outcome
         except capnp.KjException as exc:
             if is_disconnect(exc):
                 self._lost("its connection closed")

@@ -45,9 +45,11 @@ class SubmissionServer(schema.build.Submission.Server):  # type: ignore[misc]
     @remote
     async def submit(self, pool: str, description: Any, urgent: bool, **_: Any) -> Any:
         _check_description(description)
-        record = self._scheduler.submit(
-            pool, description.as_builder(), urgent=urgent, client=self._client
-        )
+        # A copy that outlives the call, sized to fit: by default a builder
+        # reserves 8 KiB, more than most descriptions and queued jobs can spare.
+        words = description.total_size.word_count + 1
+        copy = description.as_builder(num_first_segment_words=words)
+        record = self._scheduler.submit(pool, copy, urgent=urgent, client=self._client)
         return TicketServer(self._scheduler, record)
 
     @remote
@@ -100,7 +102,7 @@ class TicketServer(_Holder, schema.build.Ticket.Server):  # type: ignore[misc]
 
 class JobServer(_Holder, schema.build.Job.Server):  # type: ignore[misc]
     @remote
-    async def log(self, start: int, **_: Any) -> tuple[bytes, int]:
+    async def log(self, start: int, **_: Any) -> tuple[bytes, int, bool]:
         return await self.record.log.read(start)
 
     @remote

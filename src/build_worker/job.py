@@ -52,7 +52,7 @@ class WorkerJob(schema.build.Job.Server):  # type: ignore[misc]
         self.log_buffer.close()
 
     @remote
-    async def log(self, start: int, **_: Any) -> tuple[bytes, int]:
+    async def log(self, start: int, **_: Any) -> tuple[bytes, int, bool]:
         return await self.log_buffer.read(start)
 
     @remote
