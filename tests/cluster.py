@@ -229,3 +229,12 @@ class Cluster:
     def stop_all(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+
+
+def running_commands() -> str:
+    """The commands of the engine's running containers, one a line."""
+    ps = subprocess.run(
+        ["docker", "ps", "--no-trunc", "--format", "{{.Command}}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return ps.stdout

@@ -13,40 +13,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from build_api import schema
-from build_api.joblog import JobLog
 from build_api.rpc import connect_and_restore
 from build_api.sturdy import SturdyRef
+from build_worker.job import WorkerJob
 
 
-class SyntheticJob(schema.build.Job.Server):  # type: ignore[misc]
-    def __init__(self) -> None:
-        self.log_buffer = JobLog()
-        self.cancelled = asyncio.Event()
-        self.outcome: asyncio.Future[tuple[str, str]] = (
-            asyncio.get_running_loop().create_future()
-        )
+class SyntheticJob(WorkerJob):
+    """The worker's own Job capability; a cancel ends it at once."""
 
     def finish(self, kind: str, detail: str = "") -> None:
-        if not self.outcome.done():
-            self.outcome.set_result((kind, detail))
-            self.log_buffer.close()
-
-    async def log(self, start: int, **_: Any) -> tuple[bytes, int, bool]:
-        return await self.log_buffer.read(start)
-
-    async def result(self, _context: Any, **_: Any) -> None:
-        kind, detail = await asyncio.shield(self.outcome)
-        outcome = _context.results.init("outcome")
-        if kind == "success":
-            outcome.success = detail
-        elif kind == "failure":
-            outcome.failure = detail
-        else:
-            outcome.cancelled = None
+        self.set_outcome(kind, detail)
 
     async def cancel(self, **_: Any) -> None:
         self.cancelled.set()
-        self.finish("cancelled")
+        self.set_outcome("cancelled")
 
 
 class SyntheticWorkerServer(schema.build.Worker.Server):  # type: ignore[misc]

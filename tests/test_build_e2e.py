@@ -14,7 +14,7 @@ import pytest
 from build_api import schema
 from build_api.rpc import connect_and_restore, remote_message
 from build_api.sturdy import read_cap_file
-from tests.cluster import Cluster, wait_for
+from tests.cluster import Cluster, running_commands, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
@@ -138,14 +138,6 @@ def test_ctrl_c_on_a_queued_job_takes_it_off_the_queue(
     assert proc.returncode == 130
     assert "Cancelled." in err
     assert "0 queued" in cluster.show("linux")
-
-
-def running_commands() -> str:
-    ps = subprocess.run(
-        ["docker", "ps", "--no-trunc", "--format", "{{.Command}}"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return ps.stdout
 
 
 def test_ctrl_c_on_a_running_build_stops_it(cluster: Cluster, dockerfile) -> None:

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, wait_for
+from tests.cluster import Cluster, running_commands, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_engine")]
 
 FAST_HEARTBEAT = ["--heartbeat-interval=1", "--heartbeat-timeout=1"]
-
-
-def running_commands() -> str:
-    ps = subprocess.run(
-        ["docker", "ps", "--no-trunc", "--format", "{{.Command}}"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return ps.stdout
 
 
 @pytest.fixture
@@ -131,3 +122,20 @@ def test_restarted_worker_takes_over_its_stale_session(
         old.popen.send_signal(signal.SIGCONT)
     ok = cluster.submit(dockerfile("FROM busybox\nRUN echo new-session-works\n"))
     assert ok.returncode == 0, ok.stderr
+
+
+def test_client_reports_a_lost_scheduler_and_exits_2(make_cluster, dockerfile) -> None:
+    cluster = make_cluster()
+    cluster.start_worker("w1")
+    job = cluster.submit_in_background(
+        dockerfile("FROM busybox\nRUN echo waiting && sleep 600\n")
+    )
+    wait_for(lambda: "sleep 600" in running_commands(), "the RUN step to start")
+    cluster.scheduler.stop(signal.SIGKILL)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 2
+    assert err.strip().splitlines()[-1] == (
+        "Error: lost the scheduler: the connection was lost"
+    )
+    # The worker, cut off from its scheduler, stops the build.
+    wait_for(lambda: "sleep 600" not in running_commands(), "the build to stop")

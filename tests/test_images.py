@@ -206,7 +206,8 @@ def test_build_through_containers(
         )  # fmt: skip
         context = (
             f"stdout:\n{submit.stdout}\nstderr:\n{submit.stderr}\n"
-            f"scheduler:\n{container_logs(scheduler)}\nworker:\n{container_logs(worker)}"
+            f"scheduler:\n{container_logs(scheduler)}\n"
+            f"worker:\n{container_logs(worker)}"
         )
         assert submit.returncode == 0, context
         assert "Building on container-worker" in submit.stdout, context

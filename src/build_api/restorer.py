@@ -65,7 +65,7 @@ class Restorer(schema.build.Restorer.Server):  # type: ignore[misc]
         self._peer = peer
 
     @remote
-    async def restore(self, id: bytes, interfaceId: int, **_: Any) -> Any:  # noqa: N803
+    async def restore(self, id: bytes, interfaceId: int, **_: Any) -> Any:
         service = self._table.lookup(bytes(id))
         if service is None:
             raise ServiceError(UNKNOWN_CAPABILITY)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -71,7 +72,7 @@ def build_services(
             Service(
                 f"registering workers in pool {pool}",
                 schema.build.Registration,
-                lambda peer, pool=pool: RegistrationServer(scheduler, pool, peer),  # type: ignore[misc]
+                functools.partial(RegistrationServer, scheduler, pool),
             ),
         )
     return services

@@ -154,11 +154,11 @@ class QueueServer(schema.build.Queue.Server):  # type: ignore[misc]
         _context.results.description = record.description
 
     @remote
-    async def setActive(self, active: bool, **_: Any) -> None:  # noqa: N802
+    async def setActive(self, active: bool, **_: Any) -> None:
         self._scheduler.set_active(self._session, active)
 
     @remote
-    async def cachePruned(self, **_: Any) -> None:  # noqa: N802
+    async def cachePruned(self, **_: Any) -> None:
         raise ServiceError(f"cache pruning reports are {_NOT_YET}")
 
 
@@ -176,15 +176,15 @@ class AdminServer(schema.build.Admin.Server):  # type: ignore[misc]
         return PoolAdminServer(self._scheduler, name)
 
     @remote
-    async def addClient(self, name: str, **_: Any) -> None:  # noqa: N802
+    async def addClient(self, name: str, **_: Any) -> None:
         raise ServiceError(f"client management is {_NOT_YET}")
 
     @remote
-    async def removeClient(self, name: str, **_: Any) -> None:  # noqa: N802
+    async def removeClient(self, name: str, **_: Any) -> None:
         raise ServiceError(f"client management is {_NOT_YET}")
 
     @remote
-    async def listClients(self, **_: Any) -> None:  # noqa: N802
+    async def listClients(self, **_: Any) -> None:
         raise ServiceError(f"client management is {_NOT_YET}")
 
     @remote
@@ -216,7 +216,7 @@ class PoolAdminServer(schema.build.PoolAdmin.Server):  # type: ignore[misc]
             item.connected = True
 
     @remote
-    async def setActive(self, worker: str, active: bool, **_: Any) -> None:  # noqa: N802
+    async def setActive(self, worker: str, active: bool, **_: Any) -> None:
         raise ServiceError(f"pausing workers is {_NOT_YET}")
 
     @remote
@@ -228,5 +228,5 @@ class PoolAdminServer(schema.build.PoolAdmin.Server):  # type: ignore[misc]
         raise ServiceError(f"forgetting workers is {_NOT_YET}")
 
     @remote
-    async def setRate(self, client: str, rate: float, **_: Any) -> None:  # noqa: N802
+    async def setRate(self, client: str, rate: float, **_: Any) -> None:
         raise ServiceError(f"client rates are {_NOT_YET}")

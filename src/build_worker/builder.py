@@ -22,7 +22,7 @@ import docker.errors
 import requests
 
 from build_api.errors import BuildError
-from build_worker.engine_stream import decode_json_stream
+from build_worker.engine_stream import decode_json_stream, engine_error
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class _StreamCapturingClient(docker.APIClient):
         self, response: requests.Response, decode: bool = False
     ) -> Iterator[Any]:
         self.response = response
-        return super()._stream_helper(response, decode)  # type: ignore[misc,no-any-return]
+        stream = super()._stream_helper(response, decode)  # type: ignore[misc]
+        return stream  # type: ignore[no-any-return]
 
     def abort_stream(self) -> None:
         response = self.response
@@ -172,12 +173,8 @@ def _follow_build_output(
     for message in messages:
         if "stream" in message:
             write_log(str(message["stream"]).encode())
-        elif "errorDetail" in message or "error" in message:
-            detail = message.get("errorDetail") or {}
-            error = (
-                detail.get("message") or message.get("error") or "unknown build error"
-            )
-            raise BuildError(str(error))
+        elif (error := engine_error(message)) is not None:
+            raise BuildError(error)
         elif "status" in message:
             progress = f" {message['progress']}" if message.get("progress") else ""
             write_log(f"{message['status']}{progress}\n".encode())

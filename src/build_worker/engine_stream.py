@@ -44,3 +44,15 @@ def _parse_complete(
             return buffer[position:]
         if isinstance(item, dict):
             yield item
+
+
+def engine_error(message: dict[str, Any]) -> str | None:
+    """The error a stream message reports, if it reports one.
+
+    The engine reports a failed build or push inside its stream, after an
+    HTTP status that said all was well.
+    """
+    if "errorDetail" not in message and "error" not in message:
+        return None
+    detail = message.get("errorDetail") or {}
+    return str(detail.get("message") or message.get("error") or "unknown error")

@@ -21,7 +21,7 @@ import requests
 
 from build_api.errors import BuildError
 from build_worker.builder import DockerBuilder
-from build_worker.engine_stream import decode_json_stream
+from build_worker.engine_stream import decode_json_stream, engine_error
 
 logger = logging.getLogger(__name__)
 
@@ -158,9 +158,8 @@ def _push_blocking(
 def _follow_push_output(messages: Any, write_log: Callable[[bytes], None]) -> str:
     digest = ""
     for message in messages:
-        if "errorDetail" in message or "error" in message:
-            detail = message.get("errorDetail") or {}
-            raise BuildError(str(detail.get("message") or message.get("error")))
+        if (error := engine_error(message)) is not None:
+            raise BuildError(error)
         if message.get("status") and not message.get("progressDetail"):
             layer = f"{message['id']}: " if message.get("id") else ""
             write_log(f"{layer}{message['status']}\n".encode())
