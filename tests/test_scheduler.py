@@ -182,8 +182,9 @@ async def test_building_job_is_retried_once_then_fails_stub_worker() -> None:
     await asyncio.sleep(0.01)
     scheduler.worker_lost(scheduler._running[record.id], "it vanished")
     assert record.state is JobState.QUEUED and record.attempt == 1
-    assert b"worker w1 was lost: it vanished; trying again on another worker " in (
-        record.log.contents()
+    assert (
+        b"worker w1 was lost: it vanished; trying again on the next free worker "
+        in (record.log.contents())
     )
 
     second = await scheduler.register("linux", "w2", 1, capability=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -21,6 +22,10 @@ from build_client.submit import SubmitRequest
 from build_client.submit import submit as submit_job
 
 T = TypeVar("T")
+
+_COMMIT = re.compile(r"[0-9a-fA-F]{4,64}")
+# REPOSITORY:TAG, where a registry's port (host:5000/app) is not the tag.
+_PUSH_TARGET = re.compile(r"[^\s:]+(:[0-9]+)?(/[^\s:]+)*:[\w][\w.-]{0,127}")
 
 _cap_path = click.Path(dir_okay=False, path_type=Path)
 
@@ -118,6 +123,13 @@ def submit(
                 f"{item!r} is not KEY=VALUE", param_hint="--build-arg"
             )
     dockerfile, repository, commits = _split_sources(sources, dockerfile_path)
+    for commit in commits:
+        if not _COMMIT.fullmatch(commit):
+            raise UsageError(f"{commit!r} is not a commit hash (4 to 64 hex digits)")
+    if push_to and not _PUSH_TARGET.fullmatch(push_to):
+        raise UsageError(f"--push-to {push_to!r} is not REPOSITORY:TAG")
+    if (push_user or push_password_file) and not push_to:
+        raise UsageError("--push-user and --push-password need --push-to")
     if push_to and push_user and push_password_file is None:
         raise UsageError("--push-user needs --push-password FILE")
     password = push_password_file.read().rstrip("\r\n") if push_password_file else ""

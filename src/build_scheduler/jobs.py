@@ -201,10 +201,11 @@ class JobRecord:
         logger.info("Job %s on %s: %s", self.id, self.worker, self.state.value)
 
     def _lost(self, reason: str) -> None:
+        reason = f"worker {self.worker} was lost: {reason}"
         if self.on_worker_lost is not None:
             self.on_worker_lost(self, reason)
         else:
-            self._fail(f"worker {self.worker} was lost during the build ({reason})")
+            self._fail(reason)
 
     def _fail(self, reason: str) -> None:
         logger.warning("Job %s failed: %s", self.id, reason)

@@ -267,7 +267,7 @@ class Scheduler:
                 record.id, next_attempt, self._max_attempts, reason,
             )  # fmt: skip
             record.requeue(
-                f"\n--- {reason}; trying again on another worker "
+                f"\n--- {reason}; trying again on the next free worker "
                 f"(attempt {next_attempt} of {self._max_attempts}) ---\n",
                 count_attempt=True,
             )

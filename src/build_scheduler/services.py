@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 from build_api import schema
@@ -20,6 +21,7 @@ from build_scheduler.sessions import WorkerSession
 logger = logging.getLogger(__name__)
 
 MAX_DOCKERFILE_BYTES = 1024 * 1024
+_COMMIT = re.compile(r"[0-9a-fA-F]{4,64}")
 
 _NOT_YET = "not supported yet by this scheduler"
 
@@ -35,6 +37,9 @@ def _check_description(description: Any) -> None:
         raise ServiceError("a Dockerfile path needs a repository to find it in")
     if description.commits and not description.repository:
         raise ServiceError("commits were given without a repository")
+    for commit in description.commits:
+        if not _COMMIT.fullmatch(commit):
+            raise ServiceError(f"{commit!r} is not a commit hash (4 to 64 hex digits)")
 
 
 class SubmissionServer(schema.build.Submission.Server):  # type: ignore[misc]
