@@ -24,10 +24,8 @@ def client(*args: str | Path) -> subprocess.CompletedProcess[str]:
         (["--dockerfile-path=Dockerfile"], "--dockerfile-path needs a REPOSITORY"),
         (["-", "--push-to=127.0.0.1:5000/app"], "is not REPOSITORY:TAG"),
         (["-", "--push-user=u"], "--push-user and --push-password need --push-to"),
-        (
-            ["-", "--push-to=r/app:v1", "--push-user=u"],
-            "--push-user needs --push-password",
-        ),
+        (["-", "--push-to=r/app:v1", "--push-user=u"], "go together"),
+        (["-", "--push-to=r/app:v1", "--push-password=/dev/null"], "go together"),
         (["-", "--build-arg=NOEQUALS"], "'NOEQUALS' is not KEY=VALUE"),
     ],
 )

@@ -284,3 +284,33 @@ def assert_password_absent(password: str, cluster: Cluster, *results) -> None:
     texts = [p.log for p in cluster.processes]
     texts += [r.stdout + r.stderr for r in results]
     assert texts and all(password not in text for text in texts)
+
+
+def test_option_disguised_as_repository_runs_nothing(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.start_worker("w1")
+    marker = tmp_path / "pwned"
+    result = cluster.submit_repo(
+        "--dockerfile-path=Dockerfile", "--", f"--upload-pack=touch {marker};", "abcd"
+    )
+    assert result.returncode == 1
+    assert "must be a git://, http://, https://, ssh:// URL" in result.stderr
+    assert not marker.exists()
+
+
+def test_repository_cannot_redirect_the_clients_dockerfile(
+    cluster: Cluster, git_server: GitServer, tmp_path: Path, local_dockerfile
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("ORIGINAL\n")
+    repo = git_server.new_repo("trap.git")
+    (repo.path / ".build-worker.Dockerfile").symlink_to(victim)
+    commit = repo.commit("trap", {"hello.txt": "hi\n"})
+    cluster.start_worker("w1")
+    dockerfile = local_dockerfile(
+        "FROM busybox\nCOPY hello.txt /\nRUN cat /hello.txt\n"
+    )
+    result = cluster.submit_repo(dockerfile, git_server.url("trap.git"), commit)
+    assert victim.read_text() == "ORIGINAL\n"
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -208,3 +208,16 @@ async def test_result_of_an_abandoned_attempt_is_ignored_stub_worker() -> None:
     await asyncio.sleep(0.01)
     assert b"late output" not in record.log.contents()
     assert record.state is JobState.QUEUED
+
+
+async def test_a_job_that_keeps_killing_workers_silently_ends_stub_worker() -> None:
+    scheduler, record = await started_job(StubWorkerJob())
+    for i in range(10):
+        if record.state is not JobState.RUNNING:
+            break
+        scheduler.worker_lost(scheduler._running[record.id], f"crash {i}")
+        if record.state is JobState.QUEUED:
+            session = await scheduler.register("linux", f"w{i + 2}", 1, capability=None)
+            assert await scheduler.pop(session, StubWorkerJob()) is record
+    assert record.state is JobState.FAILED
+    assert 3 < record.losses < 10

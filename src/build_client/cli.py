@@ -130,8 +130,8 @@ def submit(
         raise UsageError(f"--push-to {push_to!r} is not REPOSITORY:TAG")
     if (push_user or push_password_file) and not push_to:
         raise UsageError("--push-user and --push-password need --push-to")
-    if push_to and push_user and push_password_file is None:
-        raise UsageError("--push-user needs --push-password FILE")
+    if push_to and bool(push_user) != (push_password_file is not None):
+        raise UsageError("--push-user and --push-password FILE go together")
     password = push_password_file.read().rstrip("\r\n") if push_password_file else ""
     request = SubmitRequest(
         cap_file=submission_cap,

@@ -87,6 +87,7 @@ class JobRecord:
         # without a handler the job fails.
         self.on_worker_lost: Callable[[JobRecord, str], None] | None = None
         self._attempt_log_start = 0
+        self.losses = 0  # attempts whose worker was lost
         self.queued: Any = None  # the pool's entry for this job
         self._worker_job: Any = None
         self._follower: asyncio.Task[None] | None = None

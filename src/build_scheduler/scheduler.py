@@ -43,6 +43,7 @@ FINISHED_JOBS_KEPT = 1000
 PING_TIMEOUT_SECONDS = 5.0
 MAX_NAME_LENGTH = 100
 DEFAULT_MAX_ATTEMPTS = 2
+MAX_SILENT_LOSSES = 3
 
 
 @dataclass(eq=False)
@@ -257,7 +258,10 @@ class Scheduler:
             return
         self._end_attempt(record)
         logged = record.abandon_attempt()
-        if not logged:
+        record.losses += 1
+        # A job that takes its worker down before logging anything would
+        # otherwise go round forever: past a few such losses, they count.
+        if not logged and record.losses <= MAX_SILENT_LOSSES:
             logger.info("Job %s goes back to the queue: %s", record.id, reason)
             record.requeue("", count_attempt=False)
         elif record.attempt < self._max_attempts:

@@ -21,6 +21,7 @@ from build_scheduler.sessions import WorkerSession
 logger = logging.getLogger(__name__)
 
 MAX_DOCKERFILE_BYTES = 1024 * 1024
+MAX_COMMITS = 100
 _COMMIT = re.compile(r"[0-9a-fA-F]{4,64}")
 
 _NOT_YET = "not supported yet by this scheduler"
@@ -37,6 +38,10 @@ def _check_description(description: Any) -> None:
         raise ServiceError("a Dockerfile path needs a repository to find it in")
     if description.commits and not description.repository:
         raise ServiceError("commits were given without a repository")
+    if len(description.commits) > MAX_COMMITS:
+        raise ServiceError(
+            f"{len(description.commits)} commits; the limit is {MAX_COMMITS}"
+        )
     for commit in description.commits:
         if not _COMMIT.fullmatch(commit):
             raise ServiceError(f"{commit!r} is not a commit hash (4 to 64 hex digits)")

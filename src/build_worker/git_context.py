@@ -26,7 +26,6 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import Histogram
 
@@ -35,6 +34,9 @@ from build_api.errors import BuildError
 logger = logging.getLogger(__name__)
 
 GIT_TIMEOUT_SECONDS = 600.0
+ALLOWED_SCHEMES = frozenset({"git", "http", "https", "ssh"})
+# scheme://user:password@ -- up to the last @ of the URL.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^\s]*@")
 _COMMIT = re.compile(r"^[0-9a-fA-F]{4,64}$")
 # Identity for merge commits, which exist only inside the build context.
 _MERGE_IDENTITY = [
@@ -46,14 +48,32 @@ _MERGE_IDENTITY = [
 
 
 def redact_url(url: str) -> str:
-    """The URL without any user name or password, for logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    """The URL without any user name or password, for logs.
+
+    Everything between the scheme and the last ``@`` goes, so a password
+    holding characters a URL parser would stop at (``#``, ``?``, ``/``)
+    goes with it.
+    """
+    return _USERINFO.sub(r"\1", url)
+
+
+def credentials_of(url: str) -> str:
+    """The user name and password part of ``url`` (empty if none)."""
+    match = _USERINFO.match(url)
+    return match.group(0)[len(match.group(1)) : -1] if match else ""
+
+
+def check_repository_url(url: str) -> None:
+    """Refuse what git must not be handed: options, local paths, odd transports.
+
+    A URL starting with ``-`` would be read as an option (``--upload-pack``
+    runs a command); a local path or ``file://`` would read the worker's own
+    disk; git's ``ext::`` transport runs commands.
+    """
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme not in ALLOWED_SCHEMES:
+        allowed = ", ".join(f"{s}://" for s in sorted(ALLOWED_SCHEMES))
+        raise BuildError(f"repository {redact_url(url)!r} must be a {allowed} URL")
 
 
 class GitMirrors:
@@ -76,6 +96,7 @@ class GitMirrors:
         write_log: Callable[[bytes], None],
     ) -> None:
         """Fill ``destination`` with ``commits`` of ``url``, merged in order."""
+        check_repository_url(url)
         if not commits:
             raise BuildError("a repository was given without any commit to build")
         for commit in commits:
@@ -123,7 +144,7 @@ class GitMirrors:
         started = time.monotonic()
         try:
             await _git(write_log, "-C", str(mirror), "fetch", "--quiet", "--prune",
-                       "--tags", url, all_branches)  # fmt: skip
+                       "--tags", "--", url, all_branches)  # fmt: skip
         except BuildError as exc:
             raise BuildError(f"cannot fetch {shown}: {exc}") from None
         finally:
@@ -134,7 +155,7 @@ class GitMirrors:
             # Not on any branch: ask for the commit itself (servers may refuse).
             with contextlib.suppress(BuildError):
                 await _git(
-                    write_log, "-C", str(mirror), "fetch", "--quiet", url, commit
+                    write_log, "-C", str(mirror), "fetch", "--quiet", "--", url, commit
                 )
         absent = [c for c in still_missing if not await _has_commit(mirror, c)]
         if absent:
@@ -186,7 +207,14 @@ async def _git(write_log: Callable[[bytes], None], *args: str) -> None:
     """Run git, copying its output into the job log; raise if it fails."""
     shown = " ".join(redact_url(a) if "://" in a else a for a in args)
     write_log(f"$ git {shown}\n".encode())
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+    secrets = [c.encode() for a in args if "://" in a if (c := credentials_of(a))]
+    # Only network transports for repositories; local paths are our own.
+    env = dict(
+        os.environ,
+        GIT_TERMINAL_PROMPT="0",
+        LC_ALL="C",
+        GIT_ALLOW_PROTOCOL="git:http:https:ssh:file",
+    )
     process = await asyncio.create_subprocess_exec(
         "git", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env=env,
@@ -203,6 +231,8 @@ async def _git(write_log: Callable[[bytes], None], *args: str) -> None:
         process.kill()
         await process.wait()
         raise
+    for secret in secrets:  # in case git repeats the URL as given
+        output = output.replace(secret, b"***")
     write_log(output)
     if process.returncode != 0:
         last = output.decode(errors="replace").strip().splitlines()

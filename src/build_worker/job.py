@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -187,12 +188,15 @@ async def _build_and_push(
 ) -> str:
     log = job.log_buffer
     if spec.repository:
-        await env.mirrors.checkout(spec.repository, spec.commits, context, log.write)
+        checkout = env.mirrors.checkout(
+            spec.repository, spec.commits, context, log.write
+        )
+        await _unless_cancelled(checkout, job.cancelled)
     else:
         context.mkdir()
     dockerfile = context / spec.build.dockerfile
     if spec.dockerfile_contents is not None:
-        dockerfile.write_text(spec.dockerfile_contents)
+        _write_new_file(dockerfile, spec.dockerfile_contents.encode())
     elif not dockerfile.is_file():
         raise BuildError(
             f"there is no Dockerfile at {spec.build.dockerfile} in the repository"
@@ -205,6 +209,30 @@ async def _build_and_push(
         return image_id
     with _timed(env.metrics.push_duration):
         return await push_image(env.builder, image_id, spec.push, log.write)
+
+
+async def _unless_cancelled(work: Awaitable[None], cancelled: asyncio.Event) -> None:
+    """Await ``work``, stopping it if the job is cancelled first."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(cancelled.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, BuildError):
+            await task
+        raise BuildCancelled()
+    task.result()
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    """Write ``path`` afresh, never through a link the repository planted."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
 
 
 @contextlib.contextmanager
