@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,20 +40,8 @@ class ServiceTable:
     def add(self, service_id: bytes, service: Service) -> None:
         self._by_hash[hashlib.sha256(service_id).digest()] = service
 
-    def add_hashed(self, id_hash: bytes, service: Service) -> None:
-        """Add a service known only by the hash of its id."""
-        self._by_hash[id_hash] = service
-
-    def remove_hashed(self, id_hash: bytes) -> None:
-        self._by_hash.pop(id_hash, None)
-
     def lookup(self, service_id: bytes) -> Service | None:
         return self._by_hash.get(hashlib.sha256(service_id).digest())
-
-
-def new_service_id() -> bytes:
-    """A fresh random service id (256 bits)."""
-    return secrets.token_bytes(32)
 
 
 class Restorer(schema.build.Restorer.Server):  # type: ignore[misc]

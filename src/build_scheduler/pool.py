@@ -79,9 +79,6 @@ class Pool:
             del self._waiting[slot]
         return sorted(state.running) if state else []
 
-    def has_worker(self, name: str) -> bool:
-        return name in self._workers
-
     def set_active(self, name: str, active: bool) -> list[Assignment]:
         """Pause or resume a worker; resuming may hand its waiting slots work."""
         self._workers[name].active = active

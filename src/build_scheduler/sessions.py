@@ -30,11 +30,6 @@ class Heartbeat:
     interval: float = 10.0
     timeout: float = 10.0
 
-    @property
-    def bound(self) -> float:
-        """The longest a silent worker can go unnoticed."""
-        return self.interval + self.timeout
-
 
 @dataclass(eq=False)
 class WorkerSession:
