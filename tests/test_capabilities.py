@@ -28,14 +28,18 @@ class RecordingTlsServer:
         self.handshakes = 0
 
     async def __aenter__(self) -> RecordingTlsServer:
+        writers: list[asyncio.StreamWriter] = []
+
         async def handle(
             reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         ) -> None:
+            writers.append(writer)
             self.handshakes += 1
             while data := await reader.read(4096):
                 self.received += data
             writer.close()
 
+        self._writers = writers
         self.server = await asyncio.start_server(
             handle, "127.0.0.1", 0, ssl=self.context
         )
@@ -43,7 +47,10 @@ class RecordingTlsServer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for writer in self._writers:  # close what the peer left open
+            writer.close()
         self.server.close()
+        await self.server.wait_closed()
 
 
 async def test_wrong_fingerprint_is_refused_before_any_rpc(tmp_path: Path) -> None:
