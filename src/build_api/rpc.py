@@ -42,7 +42,7 @@ R = TypeVar("R")
 class Connection:
     """An open RPC connection to the scheduler."""
 
-    def __init__(self, client: Any, transport: asyncio.BaseTransport) -> None:
+    def __init__(self, client: Any, transport: asyncio.Transport) -> None:
         self._client = client
         self._transport = transport
 
@@ -67,7 +67,13 @@ class Connection:
         await self._client.on_disconnect()
 
     def close(self) -> None:
-        self._transport.close()
+        """Drop the connection at once.
+
+        No TLS goodbye: the callers close once every answer they wait for
+        has come, and a graceful close would leave the socket open for a
+        round trip after the event loop may have ended.
+        """
+        self._transport.abort()
 
 
 async def connect(ref: SturdyRef) -> Connection:
