@@ -139,8 +139,9 @@ def test_client_reports_a_lost_scheduler_and_exits_2(make_cluster, dockerfile) -
     cluster.scheduler.stop(signal.SIGKILL)
     _, err = job.communicate(timeout=60)
     assert job.returncode == 2
-    assert err.strip().splitlines()[-1] == (
-        "Error: lost the scheduler: the connection was lost"
-    )
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("Error: lost the scheduler: the connection was lost; ")
+    # the job is kept in the state directory: the client says how to follow it
+    assert f"build-client attach {cluster.cap('submission')} " in last
     # The worker, cut off from its scheduler, stops the build.
     wait_for(lambda: "sleep 600" not in running_commands(), "the build to stop")

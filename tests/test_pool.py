@@ -62,6 +62,7 @@ def test_snapshot_shows_queue_in_dispatch_order(pool: Pool, clock: FakeClock) ->
         [
             "pool linux: 2 queued",
             "  worker w1: capacity 2, running 0, idle slots 0",
+            "  client alice: rate 1, share 100%, running 0, queued 2",
             "  queued urgent b from alice, waiting 10s",
             "  queued a from alice, waiting 11s",
         ]
@@ -97,12 +98,12 @@ def test_capacity_is_the_number_of_slots(pool: Pool, clock: FakeClock) -> None:
     assert pool.slot_ready("w1", 2) is not None
     assert (
         pool.show().splitlines()[1]
-        == "  worker w1: capacity 2, running 2, idle slots 0"
+        == "  worker w1: capacity 2, running 2 (a, b), idle slots 0"
     )
-    pool.job_finished("w1", "a")
+    pool.job_finished("w1", "a", succeeded=True)
     assert (
         pool.show().splitlines()[1]
-        == "  worker w1: capacity 2, running 1, idle slots 0"
+        == "  worker w1: capacity 2, running 1 (b), idle slots 0"
     )
     assert len(pool) == 1
 

@@ -7,11 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from build_api import schema
 from build_api.errors import ServiceError
 from build_scheduler import jobs as jobs_module
 from build_scheduler import scheduler as scheduler_module
 from build_scheduler.jobs import JobState, Outcome
 from build_scheduler.scheduler import Scheduler
+
+DESCRIPTION = schema.build.JobDescription.new_message()
 
 
 async def test_unknown_pool_is_refused_with_the_known_pools() -> None:
@@ -19,13 +22,13 @@ async def test_unknown_pool_is_refused_with_the_known_pools() -> None:
     with pytest.raises(
         ServiceError, match=r"unknown pool 'x' \(known pools: arm, linux\)"
     ):
-        scheduler.submit("x", None, urgent=False, client="c")
+        scheduler.submit("x", DESCRIPTION, urgent=False, client="c")
     assert scheduler.jobs == {}
 
 
 async def test_cancelling_a_queued_job_ends_its_log() -> None:
     scheduler = Scheduler(["linux"])
-    record = scheduler.submit("linux", None, urgent=False, client="c")
+    record = scheduler.submit("linux", DESCRIPTION, urgent=False, client="c")
     await scheduler.cancel(record)
     assert record.state is JobState.CANCELLED
     assert record.log.contents() == b"Job cancelled while queued.\n"
@@ -36,7 +39,8 @@ async def test_only_the_newest_finished_jobs_are_kept(monkeypatch) -> None:
     monkeypatch.setattr(scheduler_module, "FINISHED_JOBS_KEPT", 2)
     scheduler = Scheduler(["linux"])
     records = [
-        scheduler.submit("linux", None, urgent=False, client="c") for _ in range(4)
+        scheduler.submit("linux", DESCRIPTION, urgent=False, client="c")
+        for _ in range(4)
     ]
     for record in records[:3]:
         record.finish(Outcome(JobState.FAILED, "test"))
@@ -84,7 +88,8 @@ async def test_pops_beyond_capacity_wait_for_a_free_slot() -> None:
     second = asyncio.create_task(scheduler.pop(session, worker_job=StubWorkerJob()))
     await asyncio.sleep(0.01)
     records = [
-        scheduler.submit("linux", None, urgent=False, client="c") for _ in range(2)
+        scheduler.submit("linux", DESCRIPTION, urgent=False, client="c")
+        for _ in range(2)
     ]
     await asyncio.sleep(0.01)
     assert first.done() and not second.done()  # capacity 1: one job at a time
@@ -139,7 +144,7 @@ async def started_job(worker_job: StubWorkerJob):
     session = await scheduler.register("linux", "w1", 1, capability=None)
     pop = asyncio.create_task(scheduler.pop(session, worker_job))
     await asyncio.sleep(0)
-    record = scheduler.submit("linux", None, urgent=False, client="c")
+    record = scheduler.submit("linux", DESCRIPTION, urgent=False, client="c")
     assert await pop is record
     return scheduler, record
 

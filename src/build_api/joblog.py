@@ -39,6 +39,23 @@ class JobLog:
         self._closed = False
         self._grew = asyncio.Event()
 
+    @classmethod
+    def reopen(cls, path: Path, *, max_bytes: int = DEFAULT_MAX_LOG_BYTES) -> JobLog:
+        """The log kept in ``path`` by :meth:`persist`, to go on writing it."""
+        log = cls(path=path, max_bytes=max_bytes)
+        try:
+            log._fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return log
+        log._spilled = True
+        log._length = os.fstat(log._fd).st_size
+        return log
+
+    def persist(self) -> None:
+        """Make sure the whole log is in its file, however small it is."""
+        if self._path is not None and not self._spilled and not self._closed:
+            self._spill(self._path)
+
     @property
     def closed(self) -> bool:
         return self._closed

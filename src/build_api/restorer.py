@@ -38,10 +38,22 @@ class ServiceTable:
         self._by_hash: dict[bytes, Service] = {}
 
     def add(self, service_id: bytes, service: Service) -> None:
-        self._by_hash[hashlib.sha256(service_id).digest()] = service
+        self.add_hash(id_hash(service_id), service)
+
+    def add_hash(self, service_hash: bytes, service: Service) -> None:
+        """Offer a service known only by the SHA-256 of its id."""
+        self._by_hash[service_hash] = service
+
+    def remove_hash(self, service_hash: bytes) -> None:
+        self._by_hash.pop(service_hash, None)
 
     def lookup(self, service_id: bytes) -> Service | None:
-        return self._by_hash.get(hashlib.sha256(service_id).digest())
+        return self._by_hash.get(id_hash(service_id))
+
+
+def id_hash(service_id: bytes) -> bytes:
+    """What the table keeps of a service id."""
+    return hashlib.sha256(service_id).digest()
 
 
 class Restorer(schema.build.Restorer.Server):  # type: ignore[misc]

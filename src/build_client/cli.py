@@ -16,9 +16,9 @@ import click
 from build_api import __version__
 from build_api.cli_support import UsageError, configure_logging
 from build_api.errors import ConfigError, ConnectError, ServiceError
-from build_api.sturdy import read_cap_file
-from build_client.show import show as show_pool
-from build_client.submit import SubmitRequest
+from build_api.sturdy import read_cap_file, write_cap_file
+from build_client import admin
+from build_client.submit import SubmitRequest, attach_job
 from build_client.submit import submit as submit_job
 
 T = TypeVar("T")
@@ -79,8 +79,15 @@ def main(verbose: bool) -> None:
 @click.option(
     "--cache-hint",
     default="",
-    help="A label for jobs likely to share build cache (carried to the scheduler; "
-    "placement does not use it yet).",
+    help="A label for jobs likely to share build cache: the scheduler prefers "
+    "a worker that built the same label recently.",
+)
+@click.option(
+    "--estimate",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="SECONDS",
+    help="How long the build may take without cache, until the pool has measured it.",
 )
 @click.option("--push-to", default="", metavar="REPOSITORY:TAG",
               help="Push the image there; the result is its RepoId.")  # fmt: skip
@@ -102,6 +109,7 @@ def submit(
     no_cache: bool,
     squash: bool,
     cache_hint: str,
+    estimate: float,
     push_to: str,
     push_user: str,
     push_password_file: TextIO | None,
@@ -149,6 +157,7 @@ def submit(
         no_cache=no_cache,
         squash=squash,
         cache_hint=cache_hint,
+        estimate=estimate,
     )
     code = _run(submit_job(_read_ref(submission_cap), request))
     sys.exit(code)
@@ -186,8 +195,118 @@ def _read_dockerfile(name: str) -> str:
 
 
 @main.command()
+@click.argument("submission_cap", type=_cap_path)
+@click.argument("job_id")
+def attach(submission_cap: Path, job_id: str) -> None:
+    """Follow a job submitted earlier: its log from the start, then its result.
+
+    Works from any terminal with the client's own submission capability,
+    also after a restart of the scheduler. Exits as submit does; Ctrl-C
+    stops following and leaves the job alone.
+    """
+    ref = _read_ref(submission_cap)
+    sys.exit(_run(attach_job(ref, submission_cap, job_id)))
+
+
+@main.command()
 @click.argument("admin_cap", type=_cap_path)
 @click.argument("pool", required=False)
 def show(admin_cap: Path, pool: str | None) -> None:
-    """List the pools, or show one POOL's workers and queue."""
-    click.echo(_run(show_pool(_read_ref(admin_cap), pool)))
+    """List the pools, or show one POOL's workers, clients and queue."""
+    click.echo(_run(admin.show(_read_ref(admin_cap), pool)))
+
+
+@main.command("add-client")
+@click.argument("admin_cap", type=_cap_path)
+@click.argument("name")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the client's .cap file (default: NAME.cap).",
+)
+def add_client(admin_cap: Path, name: str, output: Path | None) -> None:
+    """Add a client and write its own submission capability to a file."""
+    output = output or Path(f"{name}.cap")
+    if output.exists():
+        raise UsageError(f"{output} exists already; remove it or give --output")
+    ref = _run(admin.add_client(_read_ref(admin_cap), name))
+    write_cap_file(output, ref)
+    click.echo(f"Wrote the submission capability of client {name} to {output}")
+
+
+@main.command("remove-client")
+@click.argument("admin_cap", type=_cap_path)
+@click.argument("name")
+def remove_client(admin_cap: Path, name: str) -> None:
+    """Revoke a client's capability at once and cancel its queued jobs."""
+    _run(admin.remove_client(_read_ref(admin_cap), name))
+    click.echo(f"Removed client {name}")
+
+
+@main.command("list-clients")
+@click.argument("admin_cap", type=_cap_path)
+def list_clients(admin_cap: Path) -> None:
+    """List the clients that may submit."""
+    for name in _run(admin.list_clients(_read_ref(admin_cap))):
+        click.echo(name)
+
+
+@main.command("set-rate")
+@click.argument("admin_cap", type=_cap_path)
+@click.argument("pool")
+@click.argument("client")
+@click.argument("rate", type=click.FloatRange(min=0, min_open=True))
+def set_rate(admin_cap: Path, pool: str, client: str, rate: float) -> None:
+    """Set CLIENT's share of POOL: with jobs queued, clients get builder
+    time in proportion to their rates (1 unless set)."""
+    _run(admin.set_rate(_read_ref(admin_cap), pool, client, rate))
+    click.echo(f"Client {client} has rate {rate:g} in pool {pool}")
+
+
+@main.command()
+@click.argument("admin_cap", type=_cap_path)
+@click.argument("pool")
+@click.argument("worker")
+@click.option(
+    "--wait", is_flag=True, help="Then wait until its running jobs have finished."
+)
+def pause(admin_cap: Path, pool: str, worker: str, wait: bool) -> None:
+    """Give WORKER no new jobs; its queued jobs go back to the pool.
+
+    The pause lasts, across the worker's reconnections and the scheduler's
+    restarts, until unpause. It works for a worker that is not connected.
+    """
+    ref = _read_ref(admin_cap)
+    if not wait:
+        _run(admin.set_active(ref, pool, worker, False))
+        click.echo(f"Paused worker {worker} of pool {pool}")
+        return
+
+    def report(running: int) -> None:
+        noun = "job" if running == 1 else "jobs"
+        if running:
+            click.echo(f"Worker {worker} is paused; {running} {noun} still running")
+
+    _run(admin.drain(ref, pool, worker, report))
+    click.echo(f"Worker {worker} is paused and runs no jobs")
+
+
+@main.command()
+@click.argument("admin_cap", type=_cap_path)
+@click.argument("pool")
+@click.argument("worker")
+def unpause(admin_cap: Path, pool: str, worker: str) -> None:
+    """Let WORKER take jobs again."""
+    _run(admin.set_active(_read_ref(admin_cap), pool, worker, True))
+    click.echo(f"Worker {worker} of pool {pool} takes jobs again")
+
+
+@main.command()
+@click.argument("admin_cap", type=_cap_path)
+@click.argument("pool")
+@click.argument("worker")
+def forget(admin_cap: Path, pool: str, worker: str) -> None:
+    """Drop the records (pause, cache) of a worker that is not connected."""
+    _run(admin.forget(_read_ref(admin_cap), pool, worker))
+    click.echo(f"Forgot worker {worker} of pool {pool}")

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -39,6 +40,7 @@ class SubmitRequest:
     no_cache: bool = False
     squash: bool = False
     cache_hint: str = ""
+    estimate: float = 0.0  # seconds; 0: unknown
 
 
 def _description(request: SubmitRequest) -> Any:
@@ -59,13 +61,15 @@ def _description(request: SubmitRequest) -> Any:
     description.noCache = request.no_cache
     description.squash = request.squash
     description.cacheHint = request.cache_hint
+    description.estimatedSeconds = request.estimate
     return description
 
 
 class Submitter:
-    def __init__(self, out: BinaryIO, status: TextIO) -> None:
+    def __init__(self, out: BinaryIO, status: TextIO, cap_file: Path) -> None:
         self._out = out
         self._status = status
+        self._cap_file = cap_file
         self._ticket: Any = None
         self._job_id = ""
 
@@ -75,22 +79,47 @@ class Submitter:
     async def run(self, submission: Any, request: SubmitRequest) -> int:
         """Submit and follow the job; returns the exit code."""
         try:
-            return await self._submit_and_follow(submission, request)
-        except capnp.KjException as exc:
-            raise ConnectError(f"lost the scheduler: {remote_message(exc)}") from None
-
-    async def _submit_and_follow(self, submission: Any, request: SubmitRequest) -> int:
-        try:
             reply = await submission.submit(
                 request.pool, _description(request), request.urgent
             )
         except capnp.KjException as exc:
             raise ServiceError(remote_message(exc)) from None
-        self._ticket = reply.ticket
+        return await self._guarded(self.follow(reply.ticket, submitted=True))
+
+    async def attach(self, submission: Any, job_id: str) -> int:
+        """Follow a job submitted earlier; returns the exit code."""
+        try:
+            reply = await submission.ticket(job_id)
+        except capnp.KjException as exc:
+            raise ServiceError(remote_message(exc)) from None
+        return await self._guarded(self.follow(reply.ticket))
+
+    async def _guarded(self, following: Coroutine[Any, Any, int]) -> int:
+        try:
+            return await following
+        except capnp.KjException as exc:
+            message = f"lost the scheduler: {remote_message(exc)}"
+            if self._job_id:
+                message += (
+                    f"; once it is back, follow the job again with: build-client "
+                    f"attach {self._cap_file} {self._job_id}"
+                )
+            raise ConnectError(message) from None
+
+    async def follow(self, ticket: Any, *, submitted: bool = False) -> int:
+        """Print the job's log as it arrives, then its result."""
+        self._ticket = ticket
         status = (await self._ticket.status()).status
         self._job_id = status.id
-        position = status.queuePosition
-        self.say(f"Job {status.id} queued in pool {status.pool} (position {position})")
+        state = str(status.state)
+        where = f"Job {status.id} queued in pool {status.pool}"
+        if state == "queued":
+            self.say(f"{where} (position {status.queuePosition})")
+        elif submitted:
+            self.say(where)
+        else:
+            verb = {"running": "is", "cancelled": "was"}.get(state, "has")
+            self.say(f"Job {status.id} in pool {status.pool} {verb} {state}")
 
         started = await self._ticket.job()
         self.say(f"Job {self._job_id} is building on worker {started.worker}")
@@ -135,7 +164,7 @@ async def submit(ref: Any, request: SubmitRequest) -> int:
     """Submit, follow, and cancel the job if interrupted (SIGINT or SIGTERM)."""
     connection, submission = await connect_and_restore(ref, schema.build.Submission)
     try:
-        submitter = Submitter(sys.stdout.buffer, sys.stderr)
+        submitter = Submitter(sys.stdout.buffer, sys.stderr, request.cap_file)
         main = asyncio.ensure_future(submitter.run(submission, request))
         interrupted = asyncio.Event()
 
@@ -154,6 +183,24 @@ async def submit(ref: Any, request: SubmitRequest) -> int:
             # Closing the connection alone would cancel the job too, but
             # waiting for the answer lets us say that it happened.
             await submitter.cancel()
+            return EXIT_INTERRUPTED
+    finally:
+        connection.close()
+
+
+async def attach_job(ref: Any, cap_file: Path, job_id: str) -> int:
+    """Follow a job submitted earlier; an interruption leaves the job alone."""
+    connection, submission = await connect_and_restore(ref, schema.build.Submission)
+    try:
+        submitter = Submitter(sys.stdout.buffer, sys.stderr, cap_file)
+        main = asyncio.ensure_future(submitter.attach(submission, job_id))
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, main.cancel)
+        try:
+            return await main
+        except asyncio.CancelledError:
+            submitter.say(f"Stopped following job {job_id}; it goes on")
             return EXIT_INTERRUPTED
     finally:
         connection.close()

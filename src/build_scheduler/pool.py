@@ -4,26 +4,61 @@ Nothing here does I/O or reads the time itself: the clock is passed in, and
 the RPC layer turns what the methods return into replies. That keeps the
 policy testable with a fake clock and compared by readable snapshots.
 
-Rules:
+Order (fair share). Each client has a rate, 1 unless set. A submitted job
+is tagged with the time its client's share allows it to start: the later of
+now and the client's previous tag plus that job's expected cost over the
+rate. Waiting jobs leave in tag order, so a client that submits a burst
+spaces its own jobs out and delays only itself, while a client that
+submits now and then finds its job near the head of the queue. Urgent jobs
+go before every normal one, but are tagged the same way, so they use up
+their client's share too. When a job ends, its client is charged what it
+really cost instead of what was expected. A job whose worker was lost goes
+back ahead of everything.
 
-* Waiting jobs leave the queue urgent first, then oldest first.
-* A worker asks for work once per free slot (its capacity is the number of
-  slots it has). A slot that asks when nothing is queued waits, and the next
-  job submitted goes to the slot that has waited longest.
-* A paused worker's slots get nothing; its waiting slots stay parked until it
-  is resumed.
-* A cancelled job leaves the queue at once; it is skipped, never handed out.
+Placement (cache affinity with bounded load). A worker that was handed a
+job with a cache hint counts as holding that hint's layers for
+``hint_ttl`` seconds after its last such job, or until it reports that it
+pruned its cache. A job with a hint goes, in order of preference:
 
-Queues are deques with cancelled entries skipped lazily, so submit, pop and
-cancel cost O(1) whatever the queue length.
+1. to a free slot of a worker holding the hint;
+2. if every such worker is busy, into the queue of the one expected to be
+   free first, if that wait is under the bound: the time a cached build is
+   expected to save over an uncached one, and never more than
+   ``max_affinity_wait`` seconds; a job that has waited there that long
+   (its worker's build overran) goes back to the pool, and waits for no
+   worker again;
+3. otherwise to the least loaded free worker, which from then on holds the
+   hint too.
+
+A job with no hint goes to the free slot that has waited longest. Expected
+waits come from the learned costs (:mod:`build_scheduler.costs`): what is
+left of each running job's expected duration plus the jobs in the worker's
+queue, over its capacity.
+
+Workers. A worker asks for work once per free slot; a slot that finds
+nothing waits. A paused worker's slots get nothing, and its queue goes back
+to the pool. A paused worker stays paused while disconnected and when it
+comes back.
+
+Cost. The shared queue is two heaps and a deque, with cancelled entries
+skipped lazily, so submit, pop and cancel cost O(log n) whatever the queue
+length; a job moves into a worker's queue at most once per placement.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from build_scheduler.costs import CostModel
+
+DEFAULT_RATE = 1.0
+DEFAULT_HINT_TTL_SECONDS = 3600.0
+DEFAULT_MAX_AFFINITY_WAIT_SECONDS = 60.0
 
 
 @dataclass(eq=False)
@@ -33,7 +68,16 @@ class QueuedJob:
     urgent: bool
     submitted_at: float
     payload: Any = None
+    cache_hint: str = ""
+    estimate: float = 0.0  # the client's estimate in seconds; 0: none
     cancelled: bool = False
+    # Set by the pool.
+    cost: float = 0.0  # what the client's share was charged
+    tag: float = 0.0  # when the client's share lets it start
+    order: int = 0  # breaks ties between equal tags: first come first
+    reserved_for: str = ""  # the worker whose queue holds it
+    reserved_at: float = 0.0
+    waited_for_cache: bool = False  # it waited once for a busy worker
 
 
 @dataclass(frozen=True)
@@ -46,84 +90,219 @@ class Assignment:
 
 
 @dataclass
+class RunningJob:
+    job: QueuedJob
+    started_at: float
+    expected: float
+    cached: bool
+
+
+@dataclass
 class WorkerState:
     name: str
     capacity: int
     active: bool = True
-    running: set[str] = field(default_factory=set)
+    running: dict[str, RunningJob] = field(default_factory=dict)
+    waiting: OrderedDict[Hashable, None] = field(default_factory=OrderedDict)
+    reserved: deque[QueuedJob] = field(default_factory=deque)
+    hints: dict[str, float] = field(default_factory=dict)  # hint -> last used
+
+    def load(self) -> float:
+        return (len(self.running) + len(self.reserved)) / self.capacity
+
+
+@dataclass
+class ClientShare:
+    rate: float = DEFAULT_RATE
+    next_tag: float = float("-inf")
+    queued: int = 0
+    running: int = 0
 
 
 class Pool:
-    def __init__(self, name: str, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        name: str,
+        clock: Callable[[], float],
+        *,
+        hint_ttl: float = DEFAULT_HINT_TTL_SECONDS,
+        max_affinity_wait: float = DEFAULT_MAX_AFFINITY_WAIT_SECONDS,
+    ) -> None:
         self.name = name
         self._clock = clock
-        self._urgent: deque[QueuedJob] = deque()
-        self._normal: deque[QueuedJob] = deque()
+        self._hint_ttl = hint_ttl
+        self._max_affinity_wait = max_affinity_wait
+        self.costs = CostModel()
+        self._front: deque[QueuedJob] = deque()  # jobs given back: first
+        self._urgent: list[tuple[float, int, QueuedJob]] = []
+        self._normal: list[tuple[float, int, QueuedJob]] = []
+        self._sequence = itertools.count()
         self._queued: dict[str, QueuedJob] = {}
         self._urgent_waiting = 0
         self._workers: dict[str, WorkerState] = {}
+        self._paused: set[str] = set()  # by name, connected or not
+        # worker -> hint -> when it last built the hint, connected or not
+        self._hints: dict[str, dict[str, float]] = {}
+        self._reservations = 0  # entries in the workers' queues
+        self._clients: dict[str, ClientShare] = {}
         # slot -> worker name, in the order the slots started waiting
         self._waiting: OrderedDict[Hashable, str] = OrderedDict()
 
     # Workers
 
     def add_worker(self, name: str, capacity: int) -> None:
-        """Register a worker, replacing any earlier registration of that name."""
+        """Register a worker, replacing any earlier registration of that name.
+
+        What the pool knew of the name's cache stays: the worker that comes
+        back under it is most likely the same machine.
+        """
         self.remove_worker(name)
-        self._workers[name] = WorkerState(name, capacity)
+        state = WorkerState(name, capacity, active=name not in self._paused)
+        state.hints = self._hints.setdefault(name, {})
+        self._workers[name] = state
 
     def remove_worker(self, name: str) -> list[str]:
-        """Forget a worker; returns the ids of the jobs it was running."""
+        """A worker left; returns the ids of the jobs it was running.
+
+        Its queue goes back to the pool. The caller deals with the running
+        jobs (retries them or fails them) and must not report them finished.
+        """
         state = self._workers.pop(name, None)
-        for slot in [s for s, w in self._waiting.items() if w == name]:
+        if state is None:
+            return []
+        for slot in state.waiting:
             del self._waiting[slot]
-        return sorted(state.running) if state else []
+        self._unreserve_all(state)
+        for running in state.running.values():
+            self._share(running.job.client).running -= 1
+        return sorted(state.running)
 
     def set_active(self, name: str, active: bool) -> list[Assignment]:
-        """Pause or resume a worker; resuming may hand its waiting slots work."""
-        self._workers[name].active = active
-        return self._dispatch() if active else []
+        """Pause or resume a worker, connected or not.
+
+        Pausing gives its queue back to the pool; resuming may hand its
+        waiting slots work at once.
+        """
+        if active:
+            self._paused.discard(name)
+        else:
+            self._paused.add(name)
+        state = self._workers.get(name)
+        if state is None:
+            return []
+        state.active = active
+        if not active:
+            self._unreserve_all(state)
+        return self._dispatch()
+
+    def is_paused(self, name: str) -> bool:
+        return name in self._paused
+
+    def forget(self, name: str) -> None:
+        """Drop what is remembered of a worker that is not connected."""
+        if name in self._workers:
+            raise ValueError(f"worker {name!r} is connected")
+        self._paused.discard(name)
+        self._hints.pop(name, None)
 
     def slot_ready(self, worker: str, slot: Hashable) -> Assignment | None:
         """A free slot of ``worker`` asks for work.
 
         Returns the assignment if a job can start now; otherwise the slot
-        waits until :meth:`submit` or :meth:`set_active` hands it one.
+        waits until a later call hands it one.
         """
+        state = self._workers[worker]
         self._waiting[slot] = worker
-        assignments = self._dispatch()
-        for assignment in assignments:
+        state.waiting[slot] = None
+        if state.active:
+            job = self._pop_reserved(state)
+            if job is not None:
+                return self._assign(job, state, slot)
+        for assignment in self._dispatch():
             if assignment.slot == slot:
                 return assignment
         return None
 
     def slot_gone(self, slot: Hashable) -> None:
         """A waiting slot stopped waiting (its worker went away)."""
-        self._waiting.pop(slot, None)
+        worker = self._waiting.pop(slot, None)
+        if worker is not None and worker in self._workers:
+            self._workers[worker].waiting.pop(slot, None)
 
-    def job_finished(self, worker: str, job_id: str) -> None:
+    def job_finished(self, worker: str, job_id: str, *, succeeded: bool) -> None:
+        """A job ended on ``worker``: learn its cost and charge its client."""
         state = self._workers.get(worker)
-        if state:
-            state.running.discard(job_id)
+        running = state.running.pop(job_id, None) if state else None
+        if running is None:
+            return
+        job = running.job
+        duration = max(0.0, self._clock() - running.started_at)
+        share = self._share(job.client)
+        share.running -= 1
+        share.next_tag += (duration - job.cost) / share.rate
+        if succeeded:
+            self.costs.measured(job.cache_hint, cached=running.cached, seconds=duration)
+
+    def cache_pruned(self, worker: str) -> None:
+        """The worker dropped its build cache: it holds no hint any more."""
+        state = self._workers.get(worker)
+        if state is not None:
+            state.hints.clear()
+
+    # What outlives a restart
+
+    def cache_records(self) -> list[tuple[str, str, float]]:
+        """(worker, hint, seconds since last used) of every live hint."""
+        now = self._clock()
+        return [
+            (worker, hint, now - used)
+            for worker, hints in sorted(self._hints.items())
+            for hint, used in sorted(hints.items())
+            if now - used <= self._hint_ttl
+        ]
+
+    def restore_hint(self, worker: str, hint: str, age: float) -> None:
+        self._hints.setdefault(worker, {})[hint] = self._clock() - age
+
+    # Clients
+
+    def set_rate(self, client: str, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError("a rate must be more than 0")
+        self._share(client).rate = rate
+
+    def rate(self, client: str) -> float:
+        share = self._clients.get(client)
+        return share.rate if share else DEFAULT_RATE
+
+    def _share(self, client: str) -> ClientShare:
+        share = self._clients.get(client)
+        if share is None:
+            share = self._clients[client] = ClientShare()
+        return share
 
     # Jobs
 
     def submit(self, job: QueuedJob) -> Assignment | None:
-        """Queue ``job``; returns its assignment if a slot was waiting for work."""
-        (self._urgent if job.urgent else self._normal).append(job)
-        self._queued[job.id] = job
-        self._urgent_waiting += job.urgent
-        assignments = self._dispatch()
-        return assignments[0] if assignments else None
+        """Queue ``job``; returns its assignment if it can start at once."""
+        now = self._clock()
+        share = self._share(job.client)
+        job.cost = self.costs.expected(
+            job.cache_hint, cached=bool(self._holders(job.cache_hint)),
+            estimate=job.estimate,
+        )  # fmt: skip
+        job.tag = max(now, share.next_tag)
+        share.next_tag = job.tag + job.cost / share.rate
+        self._enqueue(job)
+        return self._first(self._dispatch())
 
     def requeue(self, job: QueuedJob) -> Assignment | None:
-        """Put a job that was taken back at the head of its queue."""
+        """Put a job that was taken back ahead of every other waiting job."""
         job.cancelled = False
-        (self._urgent if job.urgent else self._normal).appendleft(job)
-        self._queued[job.id] = job
-        self._urgent_waiting += job.urgent
-        assignments = self._dispatch()
-        return assignments[0] if assignments else None
+        job.reserved_for = ""
+        self._front.append(job)
+        self._mark_queued(job)
+        return self._first(self._dispatch())
 
     def cancel(self, job_id: str) -> bool:
         """Take a queued job out of the queue; False if it was not queued."""
@@ -132,16 +311,68 @@ class Pool:
             return False
         job.cancelled = True
         self._urgent_waiting -= job.urgent
+        self._share(job.client).queued -= 1
         return True
 
-    def queue_position(self, job_id: str) -> int | None:
-        if job_id not in self._queued:
+    def tick(self) -> list[Assignment]:
+        """Give back the jobs that waited too long for a busy worker."""
+        now = self._clock()
+        expired = False
+        for state in self._workers.values():
+            while state.reserved and (
+                state.reserved[0].cancelled
+                or now - state.reserved[0].reserved_at >= self._max_affinity_wait
+            ):
+                job = self._take_reserved(state)
+                if not job.cancelled:
+                    job.reserved_for = ""
+                    job.waited_for_cache = True
+                    self._push_shared(job)
+                    expired = True
+        return self._dispatch() if expired else []
+
+    def next_tick(self) -> float | None:
+        """When :meth:`tick` may next have something to do, if ever."""
+        if not self._reservations:
             return None
-        return next(i for i, job in enumerate(self.queued_jobs()) if job.id == job_id)
+        times = [
+            state.reserved[0].reserved_at + self._max_affinity_wait
+            for state in self._workers.values()
+            if state.reserved
+        ]
+        return min(times, default=None)
+
+    def queue_position(self, job_id: str) -> int | None:
+        """How many waiting jobs leave before this one (O(n): for status only).
+
+        For a job in a worker's queue, the jobs ahead of it in that queue.
+        """
+        job = self._queued.get(job_id)
+        if job is None:
+            return None
+        if job.reserved_for:
+            queue = self._workers[job.reserved_for].reserved
+            return [j for j in queue if not j.cancelled].index(job)
+        front = [j for j in self._front if not j.cancelled]
+        if job in front:
+            return front.index(job)
+        key = (job.tag, job.order)
+        urgent = sum(1 for t, o, j in self._urgent if not j.cancelled and (t, o) < key)
+        if job.urgent:
+            return len(front) + urgent
+        normal = sum(1 for t, o, j in self._normal if not j.cancelled and (t, o) < key)
+        return len(front) + self._live_urgent_in_heap() + normal
+
+    def _live_urgent_in_heap(self) -> int:
+        return sum(1 for _, _, j in self._urgent if not j.cancelled)
 
     def queued_jobs(self) -> Iterator[QueuedJob]:
-        for queue in (self._urgent, self._normal):
-            yield from (job for job in queue if not job.cancelled)
+        """Waiting jobs: each worker's queue, then the pool's, in order."""
+        for state in self.workers:
+            yield from (job for job in state.reserved if not job.cancelled)
+        yield from (job for job in self._front if not job.cancelled)
+        for heap in (self._urgent, self._normal):
+            yield from (job for _, _, job in sorted(heap) if not job.cancelled)
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -154,30 +385,165 @@ class Pool:
     def workers(self) -> list[WorkerState]:
         return sorted(self._workers.values(), key=lambda w: w.name)
 
+    @property
+    def paused(self) -> set[str]:
+        return set(self._paused)
+
+    def jobs_of(self, client: str) -> list[str]:
+        """The ids of the client's waiting jobs."""
+        return [job.id for job in self._queued.values() if job.client == client]
+
+    # Queueing
+
+    def _enqueue(self, job: QueuedJob) -> None:
+        self._push_shared(job)
+        self._mark_queued(job)
+
+    def _mark_queued(self, job: QueuedJob) -> None:
+        self._queued[job.id] = job
+        self._urgent_waiting += job.urgent
+        self._share(job.client).queued += 1
+
+    def _push_shared(self, job: QueuedJob) -> None:
+        heap = self._urgent if job.urgent else self._normal
+        job.order = next(self._sequence)
+        heapq.heappush(heap, (job.tag, job.order, job))
+
+    def _peek_shared(self) -> QueuedJob | None:
+        while self._front and self._front[0].cancelled:
+            self._front.popleft()
+        if self._front:
+            return self._front[0]
+        for heap in (self._urgent, self._normal):
+            while heap and heap[0][2].cancelled:
+                heapq.heappop(heap)
+            if heap:
+                return heap[0][2]
+        return None
+
+    def _pop_shared(self, job: QueuedJob) -> None:
+        if self._front and self._front[0] is job:
+            self._front.popleft()
+        else:
+            heapq.heappop(self._urgent if job.urgent else self._normal)
+
+    def _pop_reserved(self, state: WorkerState) -> QueuedJob | None:
+        while state.reserved:
+            job = self._take_reserved(state)
+            if not job.cancelled:
+                return job
+        return None
+
+    def _take_reserved(self, state: WorkerState) -> QueuedJob:
+        self._reservations -= 1
+        return state.reserved.popleft()
+
+    def _unreserve_all(self, state: WorkerState) -> None:
+        while state.reserved:
+            job = self._take_reserved(state)
+            if not job.cancelled:
+                job.reserved_for = ""
+                self._push_shared(job)
+
     # Choosing
 
     def _dispatch(self) -> list[Assignment]:
         assignments = []
-        for slot, worker in list(self._waiting.items()):
-            if not self._workers[worker].active:
-                continue
-            job = self._next_job()
-            if job is None:
+        while (job := self._peek_shared()) is not None:
+            free = self._first_free_slot()
+            if free is None:
                 break
-            del self._waiting[slot]
-            self._workers[worker].running.add(job.id)
-            assignments.append(Assignment(job, worker, slot))
+            self._pop_shared(job)
+            worker, reserve = self._place(job, free)
+            if reserve:
+                job.reserved_for = worker.name
+                job.reserved_at = self._clock()
+                worker.reserved.append(job)
+                self._reservations += 1
+            else:
+                slot = next(iter(worker.waiting))
+                assignments.append(self._assign(job, worker, slot))
         return assignments
 
-    def _next_job(self) -> QueuedJob | None:
-        for queue in (self._urgent, self._normal):
-            while queue:
-                job = queue.popleft()
-                if not job.cancelled:
-                    del self._queued[job.id]
-                    self._urgent_waiting -= job.urgent
-                    return job
+    def _place(self, job: QueuedJob, free: WorkerState) -> tuple[WorkerState, bool]:
+        """Where ``job`` goes, and whether it waits in that worker's queue."""
+        if not job.cache_hint:
+            return free, False
+        holders = self._holders(job.cache_hint)
+        for holder in holders:
+            if holder.waiting:
+                return holder, False
+        if holders and not job.waited_for_cache:
+            bound = min(
+                self._max_affinity_wait,
+                self.costs.saving(job.cache_hint, estimate=job.estimate),
+            )
+            wait, holder = min((self._expected_wait(h), h.name, h) for h in holders)[
+                0::2
+            ]
+            if wait < bound:
+                return holder, True
+        rank: dict[str, int] = {}
+        for worker in self._waiting.values():
+            rank.setdefault(worker, len(rank))
+        idle = [w for w in self._workers.values() if w.active and w.waiting]
+        return min(idle, key=lambda w: (w.load(), rank[w.name])), False
+
+    def _holders(self, hint: str) -> list[WorkerState]:
+        """Active workers that hold ``hint``, by name."""
+        if not hint:
+            return []
+        now = self._clock()
+        holders = []
+        for state in self.workers:
+            used = state.hints.get(hint)
+            if used is None:
+                continue
+            if now - used > self._hint_ttl:
+                del state.hints[hint]
+            elif state.active:
+                holders.append(state)
+        return holders
+
+    def _expected_wait(self, state: WorkerState) -> float:
+        """How long a job added to the worker's queue is expected to wait."""
+        now = self._clock()
+        work = sum(
+            max(0.0, r.expected - (now - r.started_at)) for r in state.running.values()
+        )
+        work += sum(job.cost for job in state.reserved if not job.cancelled)
+        return work / state.capacity
+
+    def _first_free_slot(self) -> WorkerState | None:
+        for worker in self._waiting.values():
+            state = self._workers[worker]
+            if state.active:
+                return state
         return None
+
+    def _assign(self, job: QueuedJob, state: WorkerState, slot: Hashable) -> Assignment:
+        now = self._clock()
+        del self._waiting[slot]
+        del state.waiting[slot]
+        del self._queued[job.id]
+        self._urgent_waiting -= job.urgent
+        share = self._share(job.client)
+        share.queued -= 1
+        share.running += 1
+        job.reserved_for = ""
+        cached = False
+        if job.cache_hint:
+            cached = job.cache_hint in state.hints
+            state.hints[job.cache_hint] = now
+        expected = self.costs.expected(
+            job.cache_hint, cached=cached, estimate=job.estimate
+        )
+        state.running[job.id] = RunningJob(job, now, expected, cached)
+        return Assignment(job, state.name, slot)
+
+    @staticmethod
+    def _first(assignments: list[Assignment]) -> Assignment | None:
+        return assignments[0] if assignments else None
 
     # Showing
 
@@ -186,16 +552,37 @@ class Pool:
         now = self._clock()
         lines = [f"pool {self.name}: {len(self)} queued"]
         for w in self.workers:
-            free = sum(1 for name in self._waiting.values() if name == w.name)
             flags = "" if w.active else " (paused)"
-            lines.append(
+            running = ", ".join(sorted(w.running))
+            queue = [job.id for job in w.reserved if not job.cancelled]
+            line = (
                 f"  worker {w.name}{flags}: capacity {w.capacity},"
-                f" running {len(w.running)}, idle slots {free}"
+                f" running {len(w.running)}"
+                + (f" ({running})" if running else "")
+                + f", idle slots {len(w.waiting)}"
+            )
+            if queue:
+                line += f", queue {len(queue)} ({', '.join(queue)})"
+            if w.hints:
+                line += f", hints {', '.join(sorted(w.hints))}"
+            lines.append(line)
+        for name in sorted(self._paused - self._workers.keys()):
+            lines.append(f"  worker {name} (paused): not connected")
+        active = {c: s for c, s in self._clients.items() if s.queued or s.running}
+        total_rate = sum(s.rate for s in active.values())
+        for client in sorted(active):
+            share = active[client]
+            lines.append(
+                f"  client {client}: rate {share.rate:g}, share"
+                f" {100 * share.rate / total_rate:.0f}%, running {share.running},"
+                f" queued {share.queued}"
             )
         for job in self.queued_jobs():
             mark = "urgent " if job.urgent else ""
+            where = f" for {job.reserved_for}" if job.reserved_for else ""
             waited = now - job.submitted_at
             lines.append(
-                f"  queued {mark}{job.id} from {job.client}, waiting {waited:.0f}s"
+                f"  queued {mark}{job.id} from {job.client}{where},"
+                f" waiting {waited:.0f}s"
             )
         return "\n".join(lines)

@@ -32,6 +32,7 @@ from build_scheduler.jobs import JobRecord, JobState, Outcome
 from build_scheduler.metrics import SchedulerMetrics
 from build_scheduler.pool import Assignment, Pool, QueuedJob
 from build_scheduler.sessions import Heartbeat, WorkerSession, answers_ping
+from build_scheduler.store import CacheRecord, CostRecord, Store, StoredJob
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,13 @@ class Scheduler:
         log_dir: Path | None = None,
         heartbeat: Heartbeat | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        store: Store | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ):
         self._clock = clock
+        self._wall_clock = wall_clock
+        self.store = store
+        self.stopping = False
         self._log_dir = log_dir
         self._heartbeat = heartbeat
         self._max_attempts = max_attempts
@@ -75,7 +81,81 @@ class Scheduler:
         # job id -> the session running its current attempt
         self._running: dict[str, WorkerSession] = {}
         self._finished: deque[str] = deque()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # Set, and replaced, whenever a running job ends: drains wait on it.
+        self._job_ended = asyncio.Event()
         self.metrics = SchedulerMetrics(lambda: self.pools)
+
+    # What outlives a restart
+
+    def load_state(self, describe: Callable[[bytes], Any]) -> None:
+        """Take up what the store kept: rates, pauses, caches, unfinished jobs.
+
+        ``describe`` turns a stored description back into a capnp struct.
+        Records of pools this scheduler no longer has are left alone.
+        """
+        store = self.store
+        if store is None:
+            return
+        for pool_name, client, rate in store.rates():
+            if pool_name in self.pools:
+                self.pools[pool_name].set_rate(client, rate)
+        for pool_name, worker in store.paused_workers():
+            if pool_name in self.pools:
+                self.pools[pool_name].set_active(worker, False)
+        now = self._wall_clock()
+        for hint in store.cache_records():
+            if hint.pool in self.pools:
+                age = max(0.0, now - hint.last_used)
+                self.pools[hint.pool].restore_hint(hint.worker, hint.hint, age)
+        for cost in store.cost_records():
+            if cost.pool in self.pools:
+                self.pools[cost.pool].costs.restore(
+                    cost.hint, cached=cost.cached, mean=cost.mean,
+                    samples=cost.samples,
+                )  # fmt: skip
+        for stored in store.unfinished_jobs():
+            if stored.pool not in self.pools:
+                logger.warning(
+                    "Job %s was queued in pool %s, which this scheduler does not "
+                    "have: it stays stored until that pool is back",
+                    stored.id, stored.pool,
+                )  # fmt: skip
+                continue
+            self.restore_job(stored, describe(stored.description))
+
+    def save_cache(self) -> None:
+        """Write the cache records and costs of every pool to the store."""
+        if self.store is None:
+            return
+        now = self._wall_clock()
+        hints, costs = [], []
+        for pool in self.pools.values():
+            for worker, hint, age in pool.cache_records():
+                hints.append(CacheRecord(pool.name, worker, hint, now - age))
+            for hint, cached, mean in pool.costs.records():
+                costs.append(
+                    CostRecord(pool.name, hint, cached, mean.mean, mean.samples)
+                )
+        self.store.save_cache(hints, costs)
+
+    def stop(self) -> None:
+        """Keep what a restart needs, then stop acting on events.
+
+        Once the scheduler stops, connections close all at once; a job whose
+        client or worker goes with them must stay as it is in the store,
+        not be cancelled or retried.
+        """
+        self.stopping = True
+        for timer in self._timers.values():
+            timer.cancel()
+        for record in self.jobs.values():
+            if not record.state.final:
+                record.log.persist()
+        if self.store is not None:
+            self.save_cache()
+            self.store.close()
+            self.store = None
 
     def pool(self, name: str) -> Pool:
         try:
@@ -92,22 +172,85 @@ class Scheduler:
         self, pool_name: str, description: Any, *, urgent: bool, client: str
     ) -> JobRecord:
         pool = self.pool(pool_name)
-        now = self._clock()
-        job_id = secrets.token_hex(6)
-        log_path = self._log_dir / f"{job_id}.log" if self._log_dir else None
+        record = self._new_record(
+            secrets.token_hex(6), pool_name, client, description, self._clock()
+        )
+        if self.store is not None:
+            self.store.add_job(
+                StoredJob(
+                    record.id, pool_name, client, urgent, self._wall_clock(),
+                    description.to_bytes_packed(),
+                )
+            )  # fmt: skip
+        self.metrics.submitted.labels(pool_name).inc()
+        logger.info("Job %s queued in pool %s for %s", record.id, pool_name, client)
+        self._start_all(pool, [pool.submit(self._queued_job(record, urgent))])
+        return record
+
+    def restore_job(self, stored: StoredJob, description: Any) -> JobRecord:
+        """Queue again a job that had not ended when the scheduler stopped."""
+        pool = self.pool(stored.pool)
+        waited = max(0.0, self._wall_clock() - stored.submitted)
+        log = None
+        if self._log_dir is not None:
+            log = JobLog.reopen(self._log_dir / f"{stored.id}.log")
+        record = self._new_record(
+            stored.id, stored.pool, stored.client, description,
+            self._clock() - waited, log=log,
+        )  # fmt: skip
+        note = "--- the scheduler restarted; the job is queued again ---\n"
+        record.log.write(f"\n{note}".encode() if len(record.log) else note.encode())
+        logger.info("Job %s queued again in pool %s", record.id, stored.pool)
+        queued = self._queued_job(record, stored.urgent)
+        self._start_all(pool, [pool.submit(queued)])
+        return record
+
+    def _new_record(
+        self,
+        job_id: str,
+        pool_name: str,
+        client: str,
+        description: Any,
+        submitted_at: float,
+        *,
+        log: JobLog | None = None,
+    ) -> JobRecord:
+        if log is None:
+            path = self._log_dir / f"{job_id}.log" if self._log_dir else None
+            log = JobLog(path=path)
         record = JobRecord(
-            job_id, pool_name, client, description, submitted_at=now,
-            log=JobLog(path=log_path),
+            job_id, pool_name, client, description, submitted_at=submitted_at,
+            log=log,
         )  # fmt: skip
         self.jobs[record.id] = record
         record.on_finish.append(self._finished_job)
         record.on_worker_lost = self._attempt_lost
-        self.metrics.submitted.labels(pool_name).inc()
-        queued = QueuedJob(record.id, client, urgent, now, payload=record)
-        record.queued = queued
-        logger.info("Job %s queued in pool %s for %s", record.id, pool_name, client)
-        self._start(pool.submit(queued))
         return record
+
+    def _queued_job(self, record: JobRecord, urgent: bool) -> QueuedJob:
+        description = record.description
+        queued = QueuedJob(
+            record.id, record.client, urgent, record.submitted_at, payload=record,
+            cache_hint=description.cacheHint,
+            estimate=max(0.0, description.estimatedSeconds),
+        )  # fmt: skip
+        record.queued = queued
+        return queued
+
+    def cancel_client_jobs(self, client: str) -> list[JobRecord]:
+        """Cancel every queued job of ``client``; returns them."""
+        cancelled = []
+        for pool in self.pools.values():
+            for job_id in pool.jobs_of(client):
+                record = self.jobs[job_id]
+                if pool.cancel(job_id):
+                    record.finish(
+                        Outcome(JobState.CANCELLED, "cancelled"),
+                        note=f"Job cancelled while queued: client {client} "
+                        "was removed.\n",
+                    )
+                    cancelled.append(record)
+        return cancelled
 
     async def cancel(self, record: JobRecord) -> None:
         if record.state is JobState.QUEUED:
@@ -126,7 +269,9 @@ class Scheduler:
         return position if position is not None else 0
 
     def _finished_job(self, record: JobRecord) -> None:
-        self._end_attempt(record)
+        self._end_attempt(record, succeeded=record.state is JobState.SUCCEEDED)
+        if self.store is not None:
+            self.store.remove_job(record.id)
         result = record.state.value
         self.metrics.finished.labels(record.pool, result).inc()
         if record.started_at is not None:
@@ -157,7 +302,7 @@ class Scheduler:
         session is dropped and the new one takes over.
         """
         pool = self.pool(pool_name)
-        if not _is_plain_name(name):
+        if not is_plain_name(name):
             raise ServiceError(
                 f"a worker's name must be 1 to {MAX_NAME_LENGTH} printable characters "
                 "without spaces"
@@ -192,7 +337,7 @@ class Scheduler:
 
     def worker_lost(self, session: WorkerSession, reason: str) -> None:
         """End a session and deal with every job it had."""
-        if session.closed:
+        if session.closed or self.stopping:
             return
         session.close()
         key = (session.pool, session.name)
@@ -216,7 +361,7 @@ class Scheduler:
         key = object()
         future: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
         self._slots[key] = _Slot(session, worker_job, future)
-        self._start(pool.slot_ready(session.name, key))
+        self._start_all(pool, [pool.slot_ready(session.name, key)])
         try:
             return await future
         finally:
@@ -225,9 +370,23 @@ class Scheduler:
                 pool.slot_gone(key)
                 session.release_slot()
 
-    def _start(self, assignment: Assignment | None) -> None:
-        if assignment is None:
-            return
+    def _start_all(self, pool: Pool, assignments: list[Assignment | None]) -> None:
+        """Start what the pool assigned, and wake it when it next has to act."""
+        for assignment in assignments:
+            if assignment is not None:
+                self._start(assignment)
+        timer = self._timers.pop(pool.name, None)
+        if timer is not None:
+            timer.cancel()
+        when = pool.next_tick()
+        if when is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, when - self._clock())
+            self._timers[pool.name] = loop.call_later(
+                delay, lambda: self._start_all(pool, list(pool.tick()))
+            )
+
+    def _start(self, assignment: Assignment) -> None:
         slot = self._slots.pop(assignment.slot)
         record: JobRecord = assignment.job.payload
         now = self._clock()
@@ -244,17 +403,21 @@ class Scheduler:
         )
         slot.future.set_result(record)
 
-    def _end_attempt(self, record: JobRecord) -> None:
+    def _end_attempt(self, record: JobRecord, *, succeeded: bool = False) -> None:
         session = self._running.pop(record.id, None)
         if session is None:
             return
-        self.pools[record.pool].job_finished(session.name, record.id)
+        self.pools[record.pool].job_finished(
+            session.name, record.id, succeeded=succeeded
+        )
         session.running.discard(record.id)
         session.release_slot()
+        self._job_ended.set()
+        self._job_ended = asyncio.Event()
 
     def _attempt_lost(self, record: JobRecord, reason: str) -> None:
         """The worker of the job's current attempt is gone: retry or fail."""
-        if record.state is not JobState.RUNNING:
+        if record.state is not JobState.RUNNING or self.stopping:
             return
         self._end_attempt(record)
         logged = record.abandon_attempt()
@@ -284,7 +447,8 @@ class Scheduler:
             record.finish(Outcome(JobState.FAILED, message), note=f"\n{message}\n")
             return
         self.metrics.requeued.labels(record.pool).inc()
-        self._start(self.pools[record.pool].requeue(record.queued))
+        pool = self.pools[record.pool]
+        self._start_all(pool, [pool.requeue(record.queued)])
 
     def worker_capability(self, pool_name: str, name: str) -> Any:
         """The capability of a connected worker; raises ``LookupError`` if none."""
@@ -295,12 +459,78 @@ class Scheduler:
             raise LookupError(f"worker {name!r} is not connected to pool {pool_name}")
         return session.capability
 
-    def set_active(self, session: WorkerSession, active: bool) -> None:
-        pool = self.pools[session.pool]
-        for assignment in pool.set_active(session.name, active):
-            self._start(assignment)
+    def set_active(self, pool_name: str, worker: str, active: bool) -> None:
+        """Pause or resume a worker, connected or not; it lasts across restarts."""
+        pool = self.pool(pool_name)
+        if not active and not is_plain_name(worker):
+            raise ServiceError(f"{worker!r} is not a worker's name")
+        if self.store is not None:
+            self.store.set_paused(pool_name, worker, not active)
+        logger.info(
+            "Worker %s in pool %s %s", worker, pool_name,
+            "resumed" if active else "paused",
+        )  # fmt: skip
+        self._start_all(pool, list(pool.set_active(worker, active)))
+
+    async def drain(
+        self, pool_name: str, worker: str, report: Callable[[int], Any]
+    ) -> None:
+        """Pause a worker, then wait until it runs nothing, reporting progress.
+
+        ``report`` is awaited with the number of jobs still running each time
+        it changes, first at once.
+        """
+        self.set_active(pool_name, worker, False)
+        last = -1
+        while True:
+            running = self._running_on(pool_name, worker)
+            if running != last:
+                await report(running)
+                last = running
+            if running == 0:
+                return
+            await self._job_ended.wait()
+
+    def _running_on(self, pool_name: str, worker: str) -> int:
+        session = self._sessions.get((pool_name, worker))
+        return len(session.running) if session is not None else 0
+
+    def forget(self, pool_name: str, worker: str) -> None:
+        """Drop the records of a worker that is not connected."""
+        pool = self.pool(pool_name)
+        if (pool_name, worker) in self._sessions:
+            raise ServiceError(
+                f"worker {worker!r} is connected to pool {pool_name}; stop it first"
+            )
+        pool.forget(worker)
+        if self.store is not None:
+            self.store.forget_worker(pool_name, worker)
+        logger.info("Forgot worker %s of pool %s", worker, pool_name)
+
+    def set_rate(self, pool_name: str, client: str, rate: float) -> None:
+        pool = self.pool(pool_name)
+        if not rate > 0 or rate == float("inf"):
+            raise ServiceError(f"a rate must be a number above 0, not {rate:g}")
+        pool.set_rate(client, rate)
+        if self.store is not None:
+            self.store.set_rate(pool_name, client, rate)
+        logger.info("Client %s has rate %g in pool %s", client, rate, pool_name)
+
+    def cache_pruned(self, session: WorkerSession) -> None:
+        self.pools[session.pool].cache_pruned(session.name)
+        logger.info(
+            "Worker %s of pool %s pruned its build cache", session.name, session.pool
+        )
+
+    def known_workers(self, pool_name: str) -> list[tuple[str, bool]]:
+        """Names of the pool's workers with whether each is connected."""
+        pool = self.pool(pool_name)
+        names = {w.name: True for w in pool.workers}
+        for name in pool.paused:
+            names.setdefault(name, False)
+        return sorted(names.items())
 
 
-def _is_plain_name(name: str) -> bool:
+def is_plain_name(name: str) -> bool:
     """Names go into logs and tables: printable, no spaces, not too long."""
     return 0 < len(name) <= MAX_NAME_LENGTH and name.isprintable() and " " not in name

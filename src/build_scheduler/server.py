@@ -10,6 +10,7 @@ import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from build_api import schema
 from build_api.address import TcpAddress
@@ -18,6 +19,7 @@ from build_api.keys import SecretKey
 from build_api.restorer import Restorer, Service, ServiceTable
 from build_api.rpc import serve
 from build_api.sturdy import SturdyRef, write_cap_file
+from build_scheduler.clients import DEFAULT_CLIENT, ClientRegistry
 from build_scheduler.http_metrics import (
     DEFAULT_WORKER_TIMEOUT_SECONDS,
     start_metrics_server,
@@ -25,10 +27,12 @@ from build_scheduler.http_metrics import (
 from build_scheduler.scheduler import DEFAULT_MAX_ATTEMPTS, Scheduler
 from build_scheduler.services import AdminServer, RegistrationServer, SubmissionServer
 from build_scheduler.sessions import Heartbeat
+from build_scheduler.store import Store
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CLIENT = "default"
+# How often the cache records and costs are written to the store.
+CACHE_SAVE_INTERVAL_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class SchedulerConfig:
 
 
 def build_services(
-    scheduler: Scheduler, key: SecretKey
+    scheduler: Scheduler, key: SecretKey, clients: ClientRegistry
 ) -> dict[str, tuple[bytes, Service]]:
     """The fixed services, by the file name of their `.cap` file."""
     services: dict[str, tuple[bytes, Service]] = {
@@ -54,7 +58,9 @@ def build_services(
             Service(
                 "submitting jobs",
                 schema.build.Submission,
-                lambda peer: SubmissionServer(scheduler, DEFAULT_CLIENT),
+                lambda peer: SubmissionServer(
+                    scheduler, DEFAULT_CLIENT, clients.allowed
+                ),
             ),
         ),
         "admin": (
@@ -62,7 +68,7 @@ def build_services(
             Service(
                 "administration",
                 schema.build.Admin,
-                lambda peer: AdminServer(scheduler),
+                lambda peer: AdminServer(scheduler, clients),
             ),
         ),
     }
@@ -82,21 +88,32 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     """Run until SIGINT or SIGTERM."""
     key = SecretKey.load_or_generate(config.secret_key_file)
     logger.info("Server key hash: sha-256:%s", key.fingerprint)
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_dir = config.state_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    for stale in log_dir.glob("*.log"):  # logs of jobs from an earlier run
-        stale.unlink()
+    log_dir.mkdir(exist_ok=True, mode=0o700)
+    store = Store(config.state_dir / "state.db")
+    unfinished = {job.id for job in store.unfinished_jobs()}
+    for stale in log_dir.glob("*.log"):  # logs of jobs that ended earlier
+        if stale.stem not in unfinished:
+            stale.unlink()
 
     scheduler = Scheduler(
         config.pools,
         log_dir=log_dir,
         heartbeat=config.heartbeat,
         max_attempts=config.job_retries + 1,
+        store=store,
     )
     table = ServiceTable()
-    services = build_services(scheduler, key)
+    clients = ClientRegistry(
+        scheduler, table, store,
+        make_server=lambda name: SubmissionServer(scheduler, name, clients.allowed),
+    )  # fmt: skip
+    clients.load()
+    services = build_services(scheduler, key, clients)
     for service_id, service in services.values():
         table.add(service_id, service)
+    scheduler.load_state(_description_from_bytes)
 
     try:
         server = await serve(
@@ -112,6 +129,9 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     logger.info("Listening on %s", TcpAddress(config.listen.host, port))
 
     public_port = config.public.port or port
+    clients.make_ref = functools.partial(
+        SturdyRef, key.fingerprint, config.public.host, public_port
+    )
     cap_dir = config.secret_key_file.parent
     for file_stem, (service_id, _) in services.items():
         ref = SturdyRef(key.fingerprint, config.public.host, public_port, service_id)
@@ -139,11 +159,27 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    saver = asyncio.create_task(_save_cache_now_and_then(scheduler))
     await stop.wait()
     logger.info("Shutting down")
+    saver.cancel()
+    scheduler.stop()
     server.close()
     if metrics_runner is not None:
         await metrics_runner.cleanup()
+
+
+async def _save_cache_now_and_then(scheduler: Scheduler) -> None:
+    while True:
+        await asyncio.sleep(CACHE_SAVE_INTERVAL_SECONDS)
+        scheduler.save_cache()
+
+
+def _description_from_bytes(data: bytes) -> Any:
+    """A stored job description, as a builder that outlives its bytes."""
+    reader = schema.build.JobDescription.from_bytes_packed(data)
+    words = reader.total_size.word_count + 1
+    return reader.as_builder(num_first_segment_words=words)
 
 
 def _os_reason(exc: OSError) -> str:

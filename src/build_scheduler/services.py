@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from build_api import schema
 from build_api.errors import ServiceError
 from build_api.rpc import PeerConnection, remote
+from build_scheduler.clients import ClientRegistry
 from build_scheduler.jobs import JobRecord, JobState
 from build_scheduler.scheduler import Scheduler
 from build_scheduler.sessions import WorkerSession
@@ -23,8 +26,7 @@ logger = logging.getLogger(__name__)
 MAX_DOCKERFILE_BYTES = 1024 * 1024
 MAX_COMMITS = 100
 _COMMIT = re.compile(r"[0-9a-fA-F]{4,64}")
-
-_NOT_YET = "not supported yet by this scheduler"
+MAX_CACHE_HINT_LENGTH = 1000
 
 
 def _check_description(description: Any) -> None:
@@ -45,15 +47,30 @@ def _check_description(description: Any) -> None:
     for commit in description.commits:
         if not _COMMIT.fullmatch(commit):
             raise ServiceError(f"{commit!r} is not a commit hash (4 to 64 hex digits)")
+    if len(description.cacheHint) > MAX_CACHE_HINT_LENGTH:
+        raise ServiceError(
+            f"the cache hint is longer than {MAX_CACHE_HINT_LENGTH} characters"
+        )
+    estimate = description.estimatedSeconds
+    if not (math.isfinite(estimate) and estimate >= 0):
+        raise ServiceError("the estimated duration must be a number of seconds >= 0")
 
 
 class SubmissionServer(schema.build.Submission.Server):  # type: ignore[misc]
-    def __init__(self, scheduler: Scheduler, client: str) -> None:
+    def __init__(
+        self, scheduler: Scheduler, client: str, allowed: Callable[[str], bool]
+    ) -> None:
         self._scheduler = scheduler
         self._client = client
+        self._allowed = allowed
+
+    def _check_allowed(self) -> None:
+        if not self._allowed(self._client):
+            raise ServiceError(f"client {self._client!r} has been removed")
 
     @remote
     async def submit(self, pool: str, description: Any, urgent: bool, **_: Any) -> Any:
+        self._check_allowed()
         _check_description(description)
         # A copy that outlives the call, sized to fit: by default a builder
         # reserves 8 KiB, more than most descriptions and queued jobs can spare.
@@ -64,25 +81,38 @@ class SubmissionServer(schema.build.Submission.Server):  # type: ignore[misc]
 
     @remote
     async def ticket(self, id: str, **_: Any) -> Any:
-        raise ServiceError(f"reattaching to a job is {_NOT_YET}")
+        self._check_allowed()
+        record = self._scheduler.jobs.get(id)
+        if record is None or record.client != self._client:
+            raise ServiceError(f"no job {id!r} of client {self._client}")
+        return TicketServer(self._scheduler, record, holds=False)
 
 
 class _Holder:
-    """Counts the live capabilities on a job held by clients.
+    """Counts the live capabilities on a job held by its submitter.
 
-    When a client lets go of every capability on a job that has not ended,
-    because it quit or its connection dropped, the job is cancelled.
+    When the submitter lets go of every capability on a job that has not
+    ended, because it quit or its connection dropped, the job is cancelled.
+    Capabilities got by reattaching to a job (``holds`` false) do not count:
+    whoever follows a job from another terminal may stop without ending it.
     """
 
-    def __init__(self, scheduler: Scheduler, record: JobRecord) -> None:
+    def __init__(
+        self, scheduler: Scheduler, record: JobRecord, *, holds: bool = True
+    ) -> None:
         self._scheduler = scheduler
         self.record = record
-        record.holders += 1
+        self._holds = holds
+        record.holders += holds
 
     def __del__(self) -> None:
+        if not self._holds:
+            return
         record = self.record
         record.holders -= 1
         if record.holders == 0 and not record.state.final:
+            if self._scheduler.stopping:
+                return  # the job stays stored for the next start
             logger.info("Every client let go of job %s; cancelling it", record.id)
             asyncio.get_event_loop().create_task(self._scheduler.cancel(record))
 
@@ -91,7 +121,8 @@ class TicketServer(_Holder, schema.build.Ticket.Server):  # type: ignore[misc]
     @remote
     async def job(self, **_: Any) -> Any:
         await self.record.started.wait()
-        return JobServer(self._scheduler, self.record), self.record.worker
+        job = JobServer(self._scheduler, self.record, holds=self._holds)
+        return job, self.record.worker
 
     @remote
     async def cancel(self, **_: Any) -> None:
@@ -165,16 +196,18 @@ class QueueServer(schema.build.Queue.Server):  # type: ignore[misc]
 
     @remote
     async def setActive(self, active: bool, **_: Any) -> None:
-        self._scheduler.set_active(self._session, active)
+        session = self._session
+        self._scheduler.set_active(session.pool, session.name, active)
 
     @remote
     async def cachePruned(self, **_: Any) -> None:
-        raise ServiceError(f"cache pruning reports are {_NOT_YET}")
+        self._scheduler.cache_pruned(self._session)
 
 
 class AdminServer(schema.build.Admin.Server):  # type: ignore[misc]
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler, clients: ClientRegistry) -> None:
         self._scheduler = scheduler
+        self._clients = clients
 
     @remote
     async def pools(self, **_: Any) -> list[str]:
@@ -183,31 +216,37 @@ class AdminServer(schema.build.Admin.Server):  # type: ignore[misc]
     @remote
     async def pool(self, name: str, **_: Any) -> Any:
         self._scheduler.pool(name)
-        return PoolAdminServer(self._scheduler, name)
+        return PoolAdminServer(self._scheduler, self._clients, name)
 
     @remote
-    async def addClient(self, name: str, **_: Any) -> None:
-        raise ServiceError(f"client management is {_NOT_YET}")
+    async def addClient(self, name: str, **_: Any) -> str:
+        return str(self._clients.add(name))
 
     @remote
     async def removeClient(self, name: str, **_: Any) -> None:
-        raise ServiceError(f"client management is {_NOT_YET}")
+        self._clients.remove(name)
 
     @remote
-    async def listClients(self, **_: Any) -> None:
-        raise ServiceError(f"client management is {_NOT_YET}")
+    async def listClients(self, _context: Any, **_: Any) -> None:
+        names = self._clients.names()
+        result = _context.results.init("clients", len(names))
+        for item, name in zip(result, names, strict=True):
+            item.name = name
 
     @remote
     async def job(self, id: str, **_: Any) -> Any:
         record = self._scheduler.jobs.get(id)
         if record is None:
             raise ServiceError(f"no job {id!r}")
-        return TicketServer(self._scheduler, record)
+        return TicketServer(self._scheduler, record, holds=False)
 
 
 class PoolAdminServer(schema.build.PoolAdmin.Server):  # type: ignore[misc]
-    def __init__(self, scheduler: Scheduler, pool: str) -> None:
+    def __init__(
+        self, scheduler: Scheduler, clients: ClientRegistry, pool: str
+    ) -> None:
         self._scheduler = scheduler
+        self._clients = clients
         self._pool = pool
 
     @remote
@@ -216,27 +255,36 @@ class PoolAdminServer(schema.build.PoolAdmin.Server):  # type: ignore[misc]
 
     @remote
     async def workers(self, _context: Any, **_: Any) -> None:
-        workers = self._scheduler.pools[self._pool].workers
-        result = _context.results.init("workers", len(workers))
-        for item, worker in zip(result, workers, strict=True):
-            item.name = worker.name
-            item.capacity = worker.capacity
-            item.running = len(worker.running)
-            item.active = worker.active
-            item.connected = True
+        pool = self._scheduler.pools[self._pool]
+        connected = {w.name: w for w in pool.workers}
+        known = self._scheduler.known_workers(self._pool)
+        result = _context.results.init("workers", len(known))
+        for item, (name, is_connected) in zip(result, known, strict=True):
+            item.name = name
+            item.connected = is_connected
+            item.active = not pool.is_paused(name)
+            worker = connected.get(name)
+            if worker is not None:
+                item.capacity = worker.capacity
+                item.running = len(worker.running)
 
     @remote
     async def setActive(self, worker: str, active: bool, **_: Any) -> None:
-        raise ServiceError(f"pausing workers is {_NOT_YET}")
+        self._scheduler.set_active(self._pool, worker, active)
 
     @remote
     async def drain(self, worker: str, progress: Any, **_: Any) -> None:
-        raise ServiceError(f"draining workers is {_NOT_YET}")
+        async def report(running: int) -> None:
+            await progress.running(running)
+
+        await self._scheduler.drain(self._pool, worker, report)
 
     @remote
     async def forget(self, worker: str, **_: Any) -> None:
-        raise ServiceError(f"forgetting workers is {_NOT_YET}")
+        self._scheduler.forget(self._pool, worker)
 
     @remote
     async def setRate(self, client: str, rate: float, **_: Any) -> None:
-        raise ServiceError(f"client rates are {_NOT_YET}")
+        if not self._clients.allowed(client):
+            raise ServiceError(f"no client {client!r}")
+        self._scheduler.set_rate(self._pool, client, rate)
