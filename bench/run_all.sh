@@ -8,7 +8,7 @@ scripts/setup >/dev/null
 py=.venv/bin/python
 echo "build-scheduler benchmarks, $(date -u +%Y-%m-%d), $(nproc) cores, $(uname -m)"
 echo
-for bench in dispatch latency queue_scale many_workers logs end_to_end affinity; do
+for bench in dispatch latency queue_scale many_workers logs end_to_end git_mirror affinity; do
   "$py" "bench/$bench.py"
 done
 "$py" bench/failure_detection.py

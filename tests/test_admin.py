@@ -20,7 +20,12 @@ from build_api import schema
 from build_api.rpc import connect_and_restore, remote_message
 from build_api.sturdy import read_cap_file
 from tests.cluster import Cluster, wait_for
-from tests.synthetic import simple_description
+from tests.synthetic import (
+    SyntheticJob,
+    SyntheticWorkerServer,
+    finish_at_once,
+    simple_description,
+)
 
 pytestmark = pytest.mark.usefixtures("docker_engine")
 
@@ -287,3 +292,31 @@ def test_attach_follows_a_job_from_another_terminal_and_leaves_it_running(
     unknown = cluster.client("attach", cluster.cap("submission"), "0123456789ab")
     assert unknown.returncode == 2
     assert "no job '0123456789ab' of client default" in unknown.stderr
+
+
+async def test_a_worker_that_pruned_its_cache_loses_its_hints_synthetic_worker(
+    cluster: Cluster, dockerfile: Callable[..., Path]
+) -> None:
+    """Through the schema, as a worker that prunes its engine's cache would."""
+    async with capnp.kj_loop():
+        connection, registration = await connect_and_restore(
+            read_cap_file(cluster.cap("pool-linux")), schema.build.Registration
+        )
+        try:
+            reply = await registration.register("s1", SyntheticWorkerServer(), 1)
+            queue = reply.queue
+            job = SyntheticJob()
+            popped = queue.pop(job)
+            submitter = cluster.submit_in_background(
+                dockerfile(QUICK), "--cache-hint=app"
+            )
+            await finish_at_once((await popped).id, None, job)
+            out, err = await asyncio.to_thread(submitter.communicate, timeout=60)
+            assert submitter.returncode == 0, err
+            shown = await asyncio.to_thread(cluster.show, "linux")
+            assert "worker s1: capacity 1, running 0, idle slots 0, hints app" in shown
+            await queue.cachePruned()
+            shown = await asyncio.to_thread(cluster.show, "linux")
+            assert "hints" not in shown
+        finally:
+            connection.close()
