@@ -188,7 +188,11 @@ def test_pause_wait_drains_the_running_build_with_progress(
 def test_a_pause_holds_for_a_worker_that_connects_later_until_forgotten(
     cluster: Cluster, dockerfile: Callable[..., Path]
 ) -> None:
-    ok(admin(cluster, "pause", "linux", "w2"))
+    paused = ok(admin(cluster, "pause", "linux", "w2"))
+    assert paused == (
+        "Paused worker w2 of pool linux"
+        " (not connected: it gets no jobs when it connects)\n"
+    )
     assert "worker w2 (paused): not connected" in cluster.show("linux")
     worker = cluster.start_worker("w2")
     waiting = cluster.submit_in_background(dockerfile(QUICK))
@@ -204,6 +208,20 @@ def test_a_pause_holds_for_a_worker_that_connects_later_until_forgotten(
     cluster.start_worker("w2")
     out, err = waiting.communicate(timeout=120)
     assert waiting.returncode == 0, err
+
+
+def test_unpause_and_forget_refuse_a_worker_the_pool_does_not_know(
+    cluster: Cluster,
+) -> None:
+    cluster.start_worker("w1")
+    for command in ("unpause", "forget"):
+        refused = admin(cluster, command, "linux", "w9")
+        assert refused.returncode == 2
+        assert refused.stderr == (
+            "Error: worker 'w9' is not known in pool linux (workers: w1)\n"
+        )
+    # unpausing a connected worker that is not paused changes nothing
+    assert "takes jobs again" in ok(admin(cluster, "unpause", "linux", "w1"))
 
 
 # Placement

@@ -68,7 +68,8 @@ class SecretKey:
                 serialization.NoEncryption(),
             )
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                # A new directory for secrets: no one else may list it.
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 write_private_file(path, pem)
             except OSError as exc:
                 raise ConfigError(f"cannot write the key to {path}: {exc}") from None

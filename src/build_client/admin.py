@@ -58,9 +58,17 @@ async def set_rate(ref: SturdyRef, pool: str, client: str, rate: float) -> None:
         await admin.pool(pool).pool.setRate(client, rate)
 
 
-async def set_active(ref: SturdyRef, pool: str, worker: str, active: bool) -> None:
+async def set_active(ref: SturdyRef, pool: str, worker: str, active: bool) -> bool:
+    """Pause or resume the worker; returns whether it is connected."""
     async with admin_session(ref) as admin:
-        await admin.pool(pool).pool.setActive(worker, active)
+        pool_admin = admin.pool(pool).pool
+        await pool_admin.setActive(worker, active)
+        return await _is_connected(pool_admin, worker)
+
+
+async def _is_connected(pool_admin: Any, worker: str) -> bool:
+    workers = (await pool_admin.workers()).workers
+    return any(w.name == worker and w.connected for w in workers)
 
 
 class _Progress(schema.build.DrainProgress.Server):  # type: ignore[misc]
@@ -73,11 +81,14 @@ class _Progress(schema.build.DrainProgress.Server):  # type: ignore[misc]
 
 async def drain(
     ref: SturdyRef, pool: str, worker: str, report: Callable[[int], None]
-) -> None:
+) -> bool:
     """Pause the worker and wait until it runs nothing; ``report`` hears how
-    many jobs it still runs each time that changes."""
+    many jobs it still runs each time that changes. Returns whether the
+    worker is connected."""
     async with admin_session(ref) as admin:
-        await admin.pool(pool).pool.drain(worker, _Progress(report))
+        pool_admin = admin.pool(pool).pool
+        await pool_admin.drain(worker, _Progress(report))
+        return await _is_connected(pool_admin, worker)
 
 
 async def forget(ref: SturdyRef, pool: str, worker: str) -> None:

@@ -278,9 +278,12 @@ def pause(admin_cap: Path, pool: str, worker: str, wait: bool) -> None:
     restarts, until unpause. It works for a worker that is not connected.
     """
     ref = _read_ref(admin_cap)
+    absent = " (not connected: it gets no jobs when it connects)"
     if not wait:
-        _run(admin.set_active(ref, pool, worker, False))
-        click.echo(f"Paused worker {worker} of pool {pool}")
+        connected = _run(admin.set_active(ref, pool, worker, False))
+        click.echo(
+            f"Paused worker {worker} of pool {pool}{'' if connected else absent}"
+        )
         return
 
     def report(running: int) -> None:
@@ -288,8 +291,10 @@ def pause(admin_cap: Path, pool: str, worker: str, wait: bool) -> None:
         if running:
             click.echo(f"Worker {worker} is paused; {running} {noun} still running")
 
-    _run(admin.drain(ref, pool, worker, report))
-    click.echo(f"Worker {worker} is paused and runs no jobs")
+    connected = _run(admin.drain(ref, pool, worker, report))
+    click.echo(
+        f"Worker {worker} is paused and runs no jobs{'' if connected else absent}"
+    )
 
 
 @main.command()

@@ -122,7 +122,12 @@ class Submitter:
             self.say(f"Job {status.id} in pool {status.pool} {verb} {state}")
 
         started = await self._ticket.job()
-        self.say(f"Job {self._job_id} is building on worker {started.worker}")
+        if not started.worker:
+            pass  # it ended before any worker took it
+        elif state in ("queued", "running"):
+            self.say(f"Job {self._job_id} is building on worker {started.worker}")
+        else:
+            self.say(f"Job {self._job_id} was built on worker {started.worker}")
         job = started.job
         offset = 0
         result = job.result()

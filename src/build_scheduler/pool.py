@@ -198,6 +198,9 @@ class Pool:
     def is_paused(self, name: str) -> bool:
         return name in self._paused
 
+    def has_hints(self, name: str) -> bool:
+        return bool(self._hints.get(name))
+
     def forget(self, name: str) -> None:
         """Drop what is remembered of a worker that is not connected."""
         if name in self._workers:
@@ -570,12 +573,16 @@ class Pool:
             lines.append(f"  worker {name} (paused): not connected")
         active = {c: s for c, s in self._clients.items() if s.queued or s.running}
         total_rate = sum(s.rate for s in active.values())
-        for client in sorted(active):
-            share = active[client]
+        for client, share in sorted(self._clients.items()):
+            if client in active:
+                part = f"share {100 * share.rate / total_rate:.0f}%"
+            elif share.rate != DEFAULT_RATE:
+                part = "no work"
+            else:
+                continue
             lines.append(
-                f"  client {client}: rate {share.rate:g}, share"
-                f" {100 * share.rate / total_rate:.0f}%, running {share.running},"
-                f" queued {share.queued}"
+                f"  client {client}: rate {share.rate:g}, {part},"
+                f" running {share.running}, queued {share.queued}"
             )
         for job in self.queued_jobs():
             mark = "urgent " if job.urgent else ""

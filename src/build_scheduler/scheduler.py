@@ -464,6 +464,9 @@ class Scheduler:
         pool = self.pool(pool_name)
         if not active and not is_plain_name(worker):
             raise ServiceError(f"{worker!r} is not a worker's name")
+        connected = (pool_name, worker) in self._sessions
+        if active and not pool.is_paused(worker) and not connected:
+            raise ServiceError(self._not_known(pool_name, worker, "known"))
         if self.store is not None:
             self.store.set_paused(pool_name, worker, not active)
         logger.info(
@@ -502,10 +505,19 @@ class Scheduler:
             raise ServiceError(
                 f"worker {worker!r} is connected to pool {pool_name}; stop it first"
             )
+        if not pool.is_paused(worker) and not pool.has_hints(worker):
+            raise ServiceError(self._not_known(pool_name, worker, "known"))
         pool.forget(worker)
         if self.store is not None:
             self.store.forget_worker(pool_name, worker)
         logger.info("Forgot worker %s of pool %s", worker, pool_name)
+
+    def _not_known(self, pool_name: str, worker: str, what: str) -> str:
+        known = ", ".join(name for name, _ in self.known_workers(pool_name))
+        return (
+            f"worker {worker!r} is not {what} in pool {pool_name} "
+            f"(workers: {known or 'none'})"
+        )
 
     def set_rate(self, pool_name: str, client: str, rate: float) -> None:
         pool = self.pool(pool_name)
