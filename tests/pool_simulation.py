@@ -29,7 +29,7 @@ class FakeClock:
 class FirstComeFirstServedPool(Pool):
     """A pool that ignores cache hints: the plain policy, for comparison."""
 
-    def submit(self, job: QueuedJob) -> Assignment | None:
+    def submit(self, job: QueuedJob) -> list[Assignment]:
         job.cache_hint = ""
         return super().submit(job)
 
@@ -115,15 +115,16 @@ class Simulation:
 
     def _tick(self) -> None:
         self._tick_at = None
-        for assignment in self.pool.tick():
-            self._handle(assignment)
+        self._handle(self.pool.tick())
 
     def _ready(self, worker: str, slot: Hashable) -> None:
         self._handle(self.pool.slot_ready(worker, slot))
 
-    def _handle(self, assignment: Assignment | None) -> None:
-        if assignment is None:
-            return
+    def _handle(self, assignments: list[Assignment]) -> None:
+        for assignment in assignments:
+            self._run(assignment)
+
+    def _run(self, assignment: Assignment) -> None:
         job, worker = assignment.job, assignment.worker
         built, hint = self._built[worker], self._hints[job.id]
         cached = hint in built

@@ -148,6 +148,43 @@ def test_the_default_client_cannot_be_removed_and_unknown_ones_are_named(
     assert bad.returncode == 2
 
 
+def test_a_bad_client_name_or_output_issues_no_capability(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    bad = admin(cluster, "add-client", "a/b", "--output", tmp_path / "ab.cap")
+    assert bad.returncode == 2
+    assert "'a/b' is not a valid client name" in bad.stderr
+    assert not (tmp_path / "ab.cap").exists()
+    unwritable = admin(cluster, "add-client", "ok", "-o", tmp_path / "no" / "x.cap")
+    assert unwritable.returncode == 2
+    assert "cannot write" in unwritable.stderr
+    assert ok(admin(cluster, "list-clients")).split() == ["default"]
+
+
+def test_cancel_ends_a_job_by_id_with_either_capability(
+    cluster: Cluster, tmp_path: Path, dockerfile: Callable[..., Path]
+) -> None:
+    ok(admin(cluster, "pause", "linux", "w1"))
+    cluster.start_worker("w1")
+    cap = tmp_path / "alice.cap"
+    ok(admin(cluster, "add-client", "alice", "--output", cap))
+    mine = submit_as_in_background(cluster, cap, dockerfile(QUICK))
+    shown = wait_until_shown(cluster, "from alice")
+    job = re.search(r"queued (\w+) from alice", shown)
+    assert job
+    # another client cannot reach it
+    other = cluster.client("cancel", cluster.cap("submission"), job.group(1))
+    assert other.returncode == 2
+    assert f"no job '{job.group(1)}' of client default" in other.stderr
+    assert ok(admin(cluster, "cancel", job.group(1))) == (
+        f"Job {job.group(1)} is cancelled\n"
+    )
+    _, stderr = mine.communicate(timeout=60)
+    assert mine.returncode == 1
+    assert "was cancelled" in stderr
+    assert "0 queued" in cluster.show("linux")
+
+
 # Pausing, draining, forgetting
 
 

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from build_scheduler.pool import Pool, QueuedJob
+from build_scheduler.pool import Assignment, Pool, QueuedJob
+
+
+def only(assignments: list[Assignment]) -> Assignment | None:
+    """The one assignment an operation made, if any."""
+    assert len(assignments) <= 1, assignments
+    return assignments[0] if assignments else None
+
+
+def ready(pool: Pool, worker: str, slot: object) -> Assignment | None:
+    return only(pool.slot_ready(worker, slot))
 
 
 class FakeClock:
@@ -27,14 +37,14 @@ def pool(clock: FakeClock) -> Pool:
 
 def submit(pool: Pool, clock: FakeClock, job_id: str, *, urgent: bool = False):
     clock.now += 1
-    return pool.submit(QueuedJob(job_id, "alice", urgent, clock.now))
+    return only(pool.submit(QueuedJob(job_id, "alice", urgent, clock.now)))
 
 
 def test_jobs_leave_oldest_first(pool: Pool, clock: FakeClock) -> None:
     pool.add_worker("w1", 1)
     for job_id in ("a", "b", "c"):
         submit(pool, clock, job_id)
-    taken = [pool.slot_ready("w1", object()) for _ in range(3)]
+    taken = [ready(pool, "w1", object()) for _ in range(3)]
     assert [a.job.id for a in taken if a] == ["a", "b", "c"]
 
 
@@ -44,7 +54,7 @@ def test_urgent_jobs_go_before_older_normal_ones(pool: Pool, clock: FakeClock) -
     submit(pool, clock, "urgent-1", urgent=True)
     submit(pool, clock, "normal-2")
     submit(pool, clock, "urgent-2", urgent=True)
-    order = [pool.slot_ready("w1", object()) for _ in range(4)]
+    order = [ready(pool, "w1", object()) for _ in range(4)]
     assert [a.job.id for a in order if a] == [
         "urgent-1",
         "urgent-2",
@@ -72,7 +82,7 @@ def test_snapshot_shows_queue_in_dispatch_order(pool: Pool, clock: FakeClock) ->
 def test_waiting_slot_gets_the_next_job_at_once(pool: Pool, clock: FakeClock) -> None:
     pool.add_worker("w1", 1)
     slot = object()
-    assert pool.slot_ready("w1", slot) is None
+    assert ready(pool, "w1", slot) is None
     assignment = submit(pool, clock, "a")
     assert assignment is not None
     assert (assignment.job.id, assignment.worker, assignment.slot) == ("a", "w1", slot)
@@ -82,8 +92,8 @@ def test_waiting_slot_gets_the_next_job_at_once(pool: Pool, clock: FakeClock) ->
 def test_longest_waiting_slot_is_served_first(pool: Pool, clock: FakeClock) -> None:
     pool.add_worker("w1", 1)
     pool.add_worker("w2", 1)
-    pool.slot_ready("w2", "w2-slot")
-    pool.slot_ready("w1", "w1-slot")
+    ready(pool, "w2", "w2-slot")
+    ready(pool, "w1", "w1-slot")
     first = submit(pool, clock, "a")
     second = submit(pool, clock, "b")
     assert first and first.worker == "w2"
@@ -94,8 +104,8 @@ def test_capacity_is_the_number_of_slots(pool: Pool, clock: FakeClock) -> None:
     pool.add_worker("w1", 2)
     for job_id in ("a", "b", "c"):
         submit(pool, clock, job_id)
-    assert pool.slot_ready("w1", 1) is not None
-    assert pool.slot_ready("w1", 2) is not None
+    assert ready(pool, "w1", 1) is not None
+    assert ready(pool, "w1", 2) is not None
     assert (
         pool.show().splitlines()[1]
         == "  worker w1: capacity 2, running 2 (a, b), idle slots 0"
@@ -115,15 +125,15 @@ def test_cancelled_job_is_never_handed_out(pool: Pool, clock: FakeClock) -> None
     assert pool.cancel("a") is True
     assert pool.cancel("a") is False
     assert len(pool) == 1
-    assignment = pool.slot_ready("w1", object())
+    assignment = ready(pool, "w1", object())
     assert assignment and assignment.job.id == "b"
-    assert pool.slot_ready("w1", object()) is None
+    assert ready(pool, "w1", object()) is None
 
 
 def test_cancel_of_a_started_job_is_refused(pool: Pool, clock: FakeClock) -> None:
     pool.add_worker("w1", 1)
     submit(pool, clock, "a")
-    assert pool.slot_ready("w1", object()) is not None
+    assert ready(pool, "w1", object()) is not None
     assert pool.cancel("a") is False
 
 
@@ -139,7 +149,7 @@ def test_queue_position_counts_urgent_jobs_first(pool: Pool, clock: FakeClock) -
 
 def test_paused_worker_gets_nothing_until_resumed(pool: Pool, clock: FakeClock) -> None:
     pool.add_worker("w1", 1)
-    pool.slot_ready("w1", "slot")
+    ready(pool, "w1", "slot")
     pool.set_active("w1", False)
     assert submit(pool, clock, "a") is None
     assert len(pool) == 1
@@ -149,16 +159,16 @@ def test_paused_worker_gets_nothing_until_resumed(pool: Pool, clock: FakeClock) 
 
 def test_removed_worker_loses_its_waiting_slots(pool: Pool, clock: FakeClock) -> None:
     pool.add_worker("w1", 1)
-    pool.slot_ready("w1", "slot")
+    ready(pool, "w1", "slot")
     submit(pool, clock, "a")
-    assert pool.remove_worker("w1") == ["a"]
+    assert pool.remove_worker("w1") == (["a"], [])
     assert submit(pool, clock, "b") is None
     assert len(pool) == 1
 
 
 def test_slot_that_stops_waiting_gets_no_job(pool: Pool, clock: FakeClock) -> None:
     pool.add_worker("w1", 1)
-    pool.slot_ready("w1", "slot")
+    ready(pool, "w1", "slot")
     pool.slot_gone("slot")
     assert submit(pool, clock, "a") is None
     assert pool.queue_position("a") == 0

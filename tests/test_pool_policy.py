@@ -9,13 +9,27 @@ from __future__ import annotations
 import pytest
 
 from build_scheduler.costs import PRIOR_CACHED_RATIO, PRIOR_UNCACHED_SECONDS
-from build_scheduler.pool import Pool, QueuedJob
+from build_scheduler.pool import Assignment, Pool, QueuedJob
 from tests.pool_simulation import (
     FakeClock,
     FirstComeFirstServedPool,
     Simulation,
     UnboundedAffinityPool,
 )
+
+
+def only(assignments: list[Assignment]) -> Assignment | None:
+    """The one assignment an operation made, if any."""
+    assert len(assignments) <= 1, assignments
+    return assignments[0] if assignments else None
+
+
+def ready(pool: Pool, worker: str, slot: object) -> Assignment | None:
+    return only(pool.slot_ready(worker, slot))
+
+
+def submit(pool: Pool, queued: QueuedJob) -> Assignment | None:
+    return only(pool.submit(queued))
 
 
 @pytest.fixture
@@ -43,7 +57,7 @@ def job(
 def drain_order(pool: Pool, worker: str = "w1") -> list[str]:
     """Take every queued job through one slot of ``worker``, in order."""
     order = []
-    while (assignment := pool.slot_ready(worker, object())) is not None:
+    while (assignment := ready(pool, worker, object())) is not None:
         order.append(assignment.job.id)
         pool.job_finished(worker, assignment.job.id, succeeded=False)
     return order
@@ -51,7 +65,7 @@ def drain_order(pool: Pool, worker: str = "w1") -> list[str]:
 
 def run_one(pool: Pool, clock: FakeClock, worker: str, seconds: float) -> str:
     """A slot of ``worker`` takes the next job and builds it for ``seconds``."""
-    assignment = pool.slot_ready(worker, object())
+    assignment = ready(pool, worker, object())
     assert assignment is not None
     clock.now += seconds
     pool.job_finished(worker, assignment.job.id, succeeded=True)
@@ -64,16 +78,16 @@ def run_one(pool: Pool, clock: FakeClock, worker: str, seconds: float) -> str:
 def test_a_burst_delays_only_its_own_client(pool: Pool) -> None:
     pool.add_worker("w1", 1)
     for number in range(4):
-        pool.submit(job(f"alice-{number}", "alice"))
-    pool.submit(job("bob-0", "bob"))
+        submit(pool, job(f"alice-{number}", "alice"))
+    submit(pool, job("bob-0", "bob"))
     assert drain_order(pool) == ["alice-0", "bob-0", "alice-1", "alice-2", "alice-3"]
 
 
 def test_clients_share_in_proportion_to_their_rates(pool: Pool) -> None:
     pool.set_rate("bob", 2)
     for number in range(4):
-        pool.submit(job(f"a{number}", "alice"))
-        pool.submit(job(f"b{number}", "bob"))
+        submit(pool, job(f"a{number}", "alice"))
+        submit(pool, job(f"b{number}", "bob"))
     pool.add_worker("w1", 1)
     # bob's jobs are spaced half as far apart as alice's
     assert drain_order(pool) == ["a0", "b0", "b1", "a1", "b2", "b3", "a2", "a3"]
@@ -81,9 +95,9 @@ def test_clients_share_in_proportion_to_their_rates(pool: Pool) -> None:
 
 def test_urgent_jobs_go_first_but_use_up_their_clients_share(pool: Pool) -> None:
     for number in range(3):
-        pool.submit(job(f"alice-urgent-{number}", "alice", urgent=True))
-    pool.submit(job("alice-normal", "alice"))
-    pool.submit(job("bob-normal", "bob"))
+        submit(pool, job(f"alice-urgent-{number}", "alice", urgent=True))
+    submit(pool, job("alice-normal", "alice"))
+    submit(pool, job("bob-normal", "bob"))
     pool.add_worker("w1", 1)
     assert drain_order(pool) == [
         "alice-urgent-0",
@@ -100,10 +114,10 @@ def test_a_client_is_charged_what_its_jobs_really_cost(
     pool.add_worker("w1", 1)
     # alice says her jobs take 1 s each; the first takes 600 s
     for number in range(3):
-        pool.submit(job(f"a{number}", "alice", estimate=1))
+        submit(pool, job(f"a{number}", "alice", estimate=1))
     assert run_one(pool, clock, "w1", 600) == "a0"
-    pool.submit(job("a3", "alice", estimate=1, at=clock.now))
-    pool.submit(job("b0", "bob", estimate=1, at=clock.now))
+    submit(pool, job("a3", "alice", estimate=1, at=clock.now))
+    submit(pool, job("b0", "bob", estimate=1, at=clock.now))
     # she has used up her share until 600 s after her first job's start
     assert drain_order(pool) == ["a1", "a2", "b0", "a3"]
 
@@ -113,9 +127,9 @@ def test_snapshot_shows_clients_with_rates_and_shares(
 ) -> None:
     pool.set_rate("bob", 3)
     pool.add_worker("w1", 1)
-    pool.submit(job("a1", "alice"))
-    pool.submit(job("b1", "bob"))
-    pool.submit(job("b2", "bob"))
+    submit(pool, job("a1", "alice"))
+    submit(pool, job("b1", "bob"))
+    submit(pool, job("b2", "bob"))
     clock.now += 5
     assert pool.show() == "\n".join(
         [
@@ -135,7 +149,7 @@ def test_snapshot_shows_clients_with_rates_and_shares(
 
 def warm(pool: Pool, clock: FakeClock, worker: str, hint: str, seconds: float) -> None:
     """``worker`` builds ``hint`` once, taking ``seconds``."""
-    pool.submit(job(f"warm-{worker}-{hint}", hint=hint, at=clock.now))
+    submit(pool, job(f"warm-{worker}-{hint}", hint=hint, at=clock.now))
     assert run_one(pool, clock, worker, seconds) == f"warm-{worker}-{hint}"
 
 
@@ -145,9 +159,9 @@ def test_a_hinted_job_goes_to_the_free_worker_that_built_the_hint(
     pool.add_worker("w1", 1)
     pool.add_worker("w2", 1)
     warm(pool, clock, "w2", "app", 10)
-    pool.slot_ready("w1", "w1-slot")  # w1's slot has waited longest
-    pool.slot_ready("w2", "w2-slot")
-    assignment = pool.submit(job("a", hint="app", at=clock.now))
+    ready(pool, "w1", "w1-slot")  # w1's slot has waited longest
+    ready(pool, "w2", "w2-slot")
+    assignment = submit(pool, job("a", hint="app", at=clock.now))
     assert assignment and assignment.worker == "w2"
 
 
@@ -158,12 +172,12 @@ def test_a_hinted_job_waits_for_its_busy_worker_within_the_bound(
     pool.add_worker("w2", 1)
     warm(pool, clock, "w1", "app", 100)  # uncached: 100 s
     warm(pool, clock, "w1", "app", 10)  # cached: 10 s
-    pool.submit(job("a", hint="app", at=clock.now))
-    assert pool.slot_ready("w1", "w1-slot") is not None  # w1 builds a
+    submit(pool, job("a", hint="app", at=clock.now))
+    assert ready(pool, "w1", "w1-slot") is not None  # w1 builds a
     clock.now += 2
-    pool.slot_ready("w2", "w2-slot")  # w2 is free, and has no cache of app
+    ready(pool, "w2", "w2-slot")  # w2 is free, and has no cache of app
     # w1 is expected free in 8 s, and a cached build saves about 90 s
-    assert pool.submit(job("b", hint="app", at=clock.now)) is None
+    assert submit(pool, job("b", hint="app", at=clock.now)) is None
     assert pool.show() == "\n".join(
         [
             "pool linux: 1 queued",
@@ -176,7 +190,7 @@ def test_a_hinted_job_waits_for_its_busy_worker_within_the_bound(
     )
     clock.now += 8
     pool.job_finished("w1", "a", succeeded=True)
-    assignment = pool.slot_ready("w1", "w1-slot-2")
+    assignment = ready(pool, "w1", "w1-slot-2")
     assert assignment and assignment.job.id == "b"
 
 
@@ -187,11 +201,11 @@ def test_a_hinted_job_does_not_wait_past_the_bound(
     pool.add_worker("w2", 1)
     warm(pool, clock, "w1", "app", 12)  # uncached: 12 s
     warm(pool, clock, "w1", "app", 10)  # cached: 10 s, so caching saves 2 s
-    pool.submit(job("a", hint="app", at=clock.now))
-    assert pool.slot_ready("w1", "w1-slot") is not None
-    pool.slot_ready("w2", "w2-slot")
+    submit(pool, job("a", hint="app", at=clock.now))
+    assert ready(pool, "w1", "w1-slot") is not None
+    ready(pool, "w2", "w2-slot")
     # w1 is busy for about 10 s more: not worth waiting 10 s to save 2 s
-    assignment = pool.submit(job("b", hint="app", at=clock.now))
+    assignment = submit(pool, job("b", hint="app", at=clock.now))
     assert assignment and assignment.worker == "w2"
     assert "worker w2: capacity 1, running 1 (b), idle slots 0, hints app" in (
         pool.show()
@@ -206,10 +220,10 @@ def test_a_job_that_waited_the_longest_allowed_goes_back_to_the_pool(
     pool.add_worker("w2", 1)
     warm(pool, clock, "w1", "app", 100)
     warm(pool, clock, "w1", "app", 10)
-    pool.submit(job("a", hint="app", at=clock.now))
-    pool.slot_ready("w1", "w1-slot")  # w1 builds a, expected to take 10 s
-    pool.slot_ready("w2", "w2-slot")
-    assert pool.submit(job("b", hint="app", at=clock.now)) is None
+    submit(pool, job("a", hint="app", at=clock.now))
+    ready(pool, "w1", "w1-slot")  # w1 builds a, expected to take 10 s
+    ready(pool, "w2", "w2-slot")
+    assert submit(pool, job("b", hint="app", at=clock.now)) is None
     assert pool.next_tick() == clock.now + 30
     clock.now += 29
     assert pool.tick() == []
@@ -226,10 +240,10 @@ def test_pausing_a_worker_gives_its_queue_back_to_the_pool(
     pool.add_worker("w2", 1)
     warm(pool, clock, "w1", "app", 100)
     warm(pool, clock, "w1", "app", 10)
-    pool.submit(job("a", hint="app", at=clock.now))
-    pool.slot_ready("w1", "w1-slot")
-    pool.slot_ready("w2", "w2-slot")
-    pool.submit(job("b", hint="app", at=clock.now))
+    submit(pool, job("a", hint="app", at=clock.now))
+    ready(pool, "w1", "w1-slot")
+    ready(pool, "w2", "w2-slot")
+    submit(pool, job("b", hint="app", at=clock.now))
     assert "queue 1 (b)" in pool.show()
     [assignment] = pool.set_active("w1", False)
     assert (assignment.job.id, assignment.worker) == ("b", "w2")
@@ -243,9 +257,9 @@ def test_a_worker_that_pruned_its_cache_no_longer_attracts_its_hints(
     pool.add_worker("w2", 1)
     warm(pool, clock, "w2", "app", 10)
     pool.cache_pruned("w2")
-    pool.slot_ready("w1", "w1-slot")
-    pool.slot_ready("w2", "w2-slot")
-    assignment = pool.submit(job("a", hint="app", at=clock.now))
+    ready(pool, "w1", "w1-slot")
+    ready(pool, "w2", "w2-slot")
+    assignment = submit(pool, job("a", hint="app", at=clock.now))
     assert assignment and assignment.worker == "w1"  # waited longest
 
 
@@ -255,9 +269,9 @@ def test_hints_age_out(clock: FakeClock) -> None:
     pool.add_worker("w2", 1)
     warm(pool, clock, "w2", "app", 10)
     clock.now += 601
-    pool.slot_ready("w1", "w1-slot")
-    pool.slot_ready("w2", "w2-slot")
-    assignment = pool.submit(job("a", hint="app", at=clock.now))
+    ready(pool, "w1", "w1-slot")
+    ready(pool, "w2", "w2-slot")
+    assignment = submit(pool, job("a", hint="app", at=clock.now))
     assert assignment and assignment.worker == "w1"
     assert "hints" not in pool.show().splitlines()[2]
 
@@ -270,9 +284,9 @@ def test_a_worker_keeps_its_hints_across_a_reconnection(
     warm(pool, clock, "w2", "app", 10)
     pool.remove_worker("w2")
     pool.add_worker("w2", 1)
-    pool.slot_ready("w1", "w1-slot")
-    pool.slot_ready("w2", "w2-slot")
-    assignment = pool.submit(job("a", hint="app", at=clock.now))
+    ready(pool, "w1", "w1-slot")
+    ready(pool, "w2", "w2-slot")
+    assignment = submit(pool, job("a", hint="app", at=clock.now))
     assert assignment and assignment.worker == "w2"
 
 
@@ -280,8 +294,8 @@ def test_a_paused_worker_stays_paused_when_it_comes_back(pool: Pool) -> None:
     pool.set_active("w1", False)  # not connected yet
     assert pool.show().splitlines()[1] == "  worker w1 (paused): not connected"
     pool.add_worker("w1", 1)
-    pool.slot_ready("w1", "slot")
-    assert pool.submit(job("a")) is None
+    ready(pool, "w1", "slot")
+    assert submit(pool, job("a")) is None
     pool.forget("w3")  # forgetting an unknown worker is harmless
     with pytest.raises(ValueError, match="connected"):
         pool.forget("w1")
@@ -312,8 +326,8 @@ def test_costs_start_from_the_prior_then_follow_what_was_measured(
 
 def test_failed_builds_teach_nothing(pool: Pool, clock: FakeClock) -> None:
     pool.add_worker("w1", 1)
-    pool.submit(job("a", hint="app"))
-    assignment = pool.slot_ready("w1", object())
+    submit(pool, job("a", hint="app"))
+    assignment = ready(pool, "w1", object())
     assert assignment is not None
     clock.now += 1
     pool.job_finished("w1", "a", succeeded=False)
@@ -363,3 +377,69 @@ def test_affinity_builds_fewer_layers_than_first_come_first_served() -> None:
     assert ours.uncached_builds < plain.uncached_builds
     assert ours.makespan < plain.makespan
     assert min(ours.jobs_per_worker.values()) >= 20
+
+
+def test_a_lost_workers_queue_goes_to_the_free_slots_at_once(
+    pool: Pool, clock: FakeClock
+) -> None:
+    pool.add_worker("w1", 1)
+    ready(pool, "w1", "w1-slot")
+    submit(pool, job("a", hint="app", estimate=10))  # w1 builds a, holds app
+    pool.add_worker("w2", 2)
+    ready(pool, "w2", "w2-slot-1")
+    ready(pool, "w2", "w2-slot-2")
+    clock.now += 1
+    # b waits for w1: its cache is expected to save more than the wait
+    assert submit(pool, job("b", hint="app", estimate=100, at=clock.now)) is None
+    assert "queue 1 (b)" in pool.show()
+    clock.now += 1
+    pool.job_finished("w1", "a", succeeded=True)
+    running, given = pool.remove_worker("w1")  # gone before it asked again
+    assert running == []
+    assert [(a.job.id, a.worker) for a in given] == [("b", "w2")]
+
+
+def test_a_lost_worker_hands_out_its_queue_and_its_retried_jobs(
+    pool: Pool, clock: FakeClock
+) -> None:
+    pool.add_worker("w1", 1)
+    ready(pool, "w1", "w1-slot")
+    [started] = pool.submit(job("a", hint="app", estimate=10))
+    pool.add_worker("w2", 2)
+    ready(pool, "w2", "w2-slot-1")
+    ready(pool, "w2", "w2-slot-2")
+    clock.now += 1
+    assert submit(pool, job("b", hint="app", estimate=100, at=clock.now)) is None
+    running, given = pool.remove_worker("w1")  # lost while building a
+    assert running == ["a"]
+    retried = pool.requeue(started.job)
+    placed = sorted((a.job.id, a.worker) for a in given + retried)
+    assert placed == [("a", "w2"), ("b", "w2")]
+    assert len(pool) == 0
+
+
+def test_a_cancelled_job_gives_its_client_back_its_share(
+    pool: Pool, clock: FakeClock
+) -> None:
+    for number in range(50):
+        submit(pool, job(f"a{number}", "alice"))
+        pool.cancel(f"a{number}")
+    for number in range(3):
+        submit(pool, job(f"b{number}", "bob"))
+    submit(pool, job("a-real", "alice"))
+    pool.add_worker("w1", 1)
+    assert drain_order(pool) == ["b0", "a-real", "b1", "b2"]
+
+
+def test_a_worker_resting_by_itself_cannot_lift_an_operators_pause(
+    pool: Pool,
+) -> None:
+    pool.set_active("w1", False)
+    pool.add_worker("w1", 1)
+    ready(pool, "w1", "slot")
+    assert pool.set_resting("w1", False) == []
+    assert submit(pool, job("a")) is None
+    pool.set_resting("w1", True)
+    assert pool.set_active("w1", True) == []  # still resting
+    [assignment] = pool.set_resting("w1", False)
+    assert assignment.job.id == "a"

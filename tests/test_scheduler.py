@@ -171,6 +171,25 @@ async def test_cancel_unconfirmed_by_a_hung_worker_still_ends_stub_worker(
     assert b"worker w1 did not confirm within 0 s" in record.log.contents()
 
 
+async def test_a_cancel_holds_when_the_worker_is_lost_before_confirming_stub_worker(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(jobs_module, "CANCEL_TIMEOUT_SECONDS", 0.2)
+    stub = StubWorkerJob()
+    stub.cancel_hangs = True  # a frozen worker
+    scheduler, record = await started_job(stub)
+    session = scheduler._running[record.id]
+    cancelling = asyncio.create_task(scheduler.cancel(record))
+    await asyncio.sleep(0.01)
+    scheduler.worker_lost(session, "it did not answer a ping")
+    await asyncio.wait_for(cancelling, 1)
+    assert record.state is JobState.CANCELLED
+    assert len(scheduler.pools["linux"]) == 0  # not queued again
+    assert b"Job cancelled; worker w1 was lost: it did not answer a ping" in (
+        record.log.contents()
+    )
+
+
 async def test_job_of_a_lost_worker_that_logged_nothing_is_requeued_stub_worker() -> (
     None
 ):

@@ -18,7 +18,7 @@ from build_api.cli_support import UsageError, configure_logging
 from build_api.errors import ConfigError, ConnectError, ServiceError
 from build_api.sturdy import read_cap_file, write_cap_file
 from build_client import admin
-from build_client.submit import SubmitRequest, attach_job
+from build_client.submit import SubmitRequest, attach_job, cancel_job
 from build_client.submit import submit as submit_job
 
 T = TypeVar("T")
@@ -209,6 +209,19 @@ def attach(submission_cap: Path, job_id: str) -> None:
 
 
 @main.command()
+@click.argument("cap_file", type=_cap_path, metavar="SUBMISSION_OR_ADMIN_CAP")
+@click.argument("job_id")
+def cancel(cap_file: Path, job_id: str) -> None:
+    """Cancel a job: a client's own, with its submission capability, or
+    anyone's, with admin.cap.
+
+    A queued job leaves the queue; a running build is stopped.
+    """
+    state = _run(cancel_job(_read_ref(cap_file), job_id))
+    click.echo(f"Job {job_id} is {state}")
+
+
+@main.command()
 @click.argument("admin_cap", type=_cap_path)
 @click.argument("pool", required=False)
 def show(admin_cap: Path, pool: str | None) -> None:
@@ -230,7 +243,16 @@ def add_client(admin_cap: Path, name: str, output: Path | None) -> None:
     output = output or Path(f"{name}.cap")
     if output.exists():
         raise UsageError(f"{output} exists already; remove it or give --output")
-    ref = _run(admin.add_client(_read_ref(admin_cap), name))
+    # The secret is shown only once: make sure it can be written first.
+    try:
+        output.touch(mode=0o600, exist_ok=False)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+    try:
+        ref = _run(admin.add_client(_read_ref(admin_cap), name))
+    except BaseException:
+        output.unlink()
+        raise
     write_cap_file(output, ref)
     click.echo(f"Wrote the submission capability of client {name} to {output}")
 

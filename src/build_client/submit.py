@@ -16,7 +16,7 @@ import capnp
 from build_api import schema
 from build_api.cli_support import EXIT_FAILED, EXIT_INTERRUPTED
 from build_api.errors import ConnectError, ServiceError
-from build_api.rpc import connect_and_restore, remote_message
+from build_api.rpc import connect, connect_and_restore, remote_message
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +189,28 @@ async def submit(ref: Any, request: SubmitRequest) -> int:
             # waiting for the answer lets us say that it happened.
             await submitter.cancel()
             return EXIT_INTERRUPTED
+    finally:
+        connection.close()
+
+
+async def cancel_job(ref: Any, job_id: str) -> str:
+    """Cancel a job through a submission or the admin capability; returns
+    the state it ended in."""
+    connection = await connect(ref)
+    try:
+        try:
+            submission = await connection.restore(ref, schema.build.Submission)
+            ticket = submission.ticket(job_id).ticket
+        except ServiceError as exc:
+            if "for administration" not in str(exc):
+                raise
+            admin = await connection.restore(ref, schema.build.Admin)
+            ticket = admin.job(job_id).ticket
+        try:
+            await ticket.cancel()
+            return str((await ticket.status()).status.state)
+        except capnp.KjException as exc:
+            raise ServiceError(remote_message(exc)) from None
     finally:
         connection.close()
 

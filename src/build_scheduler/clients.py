@@ -14,6 +14,7 @@ jobs are cancelled; its running jobs finish.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -22,12 +23,14 @@ from build_api import schema
 from build_api.errors import ServiceError
 from build_api.restorer import Service, ServiceTable, id_hash
 from build_api.sturdy import SturdyRef
-from build_scheduler.scheduler import Scheduler, is_plain_name
+from build_scheduler.scheduler import Scheduler
 from build_scheduler.store import Store
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CLIENT = "default"
+# Names become file names (NAME.cap) and appear in logs and tables.
+CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class ClientRegistry:
@@ -60,8 +63,11 @@ class ClientRegistry:
 
     def add(self, name: str) -> SturdyRef:
         """A new client; returns its submission capability's reference."""
-        if not is_plain_name(name):
-            raise ServiceError(f"{name!r} is not a valid client name")
+        if not CLIENT_NAME.fullmatch(name):
+            raise ServiceError(
+                f"{name!r} is not a valid client name: use 1 to 64 letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit"
+            )
         if self.allowed(name):
             raise ServiceError(f"client {name!r} already exists")
         if self.make_ref is None:
@@ -85,6 +91,8 @@ class ClientRegistry:
             raise ServiceError(f"no client {name!r}")
         self._table.remove_hash(service_hash)
         self._store.remove_client(name)
+        for pool in self._scheduler.pools.values():
+            pool.forget_client(name)
         cancelled = self._scheduler.cancel_client_jobs(name)
         logger.info(
             "Removed client %s; cancelled its %d queued jobs", name, len(cancelled)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 PRIOR_UNCACHED_SECONDS = 60.0
 PRIOR_CACHED_RATIO = 0.25
+MIN_CACHED_RATIO = 0.01  # a cached build that took no time says little
 SMOOTHING = 0.3  # weight of the newest measurement
 
 
@@ -80,7 +81,7 @@ class CostModel:
         """How much of an uncached build's time a cached one takes."""
         cached, uncached = self.pool.cached, self.pool.uncached
         if cached.samples and uncached.samples and uncached.mean > 0:
-            return min(1.0, cached.mean / uncached.mean)
+            return min(1.0, max(MIN_CACHED_RATIO, cached.mean / uncached.mean))
         return PRIOR_CACHED_RATIO
 
     def expected(self, hint: str, *, cached: bool, estimate: float = 0.0) -> float:

@@ -88,6 +88,7 @@ class JobRecord:
         self.on_worker_lost: Callable[[JobRecord, str], None] | None = None
         self._attempt_log_start = 0
         self.losses = 0  # attempts whose worker was lost
+        self.cancel_requested = False  # a cancel is on its way to the worker
         self.queued: Any = None  # the pool's entry for this job
         self._worker_job: Any = None
         self._follower: asyncio.Task[None] | None = None
@@ -146,7 +147,7 @@ class JobRecord:
         A worker that does not confirm in time (it hangs, or its connection
         does) cannot be relied on to stop: the job ends as cancelled anyway.
         """
-        worker_job = self._worker_job
+        worker_job, attempt = self._worker_job, self.attempt
         if worker_job is None:
             return
         try:
@@ -158,6 +159,8 @@ class JobRecord:
             reason = f"did not confirm within {CANCEL_TIMEOUT_SECONDS:.0f} s"
         except capnp.KjException as exc:
             reason = f"could not confirm: {remote_message(exc)}"
+        if self.state is not JobState.RUNNING or self.attempt != attempt:
+            return  # it ended meanwhile, for another reason
         logger.warning(
             "Worker %s %s the cancel of job %s", self.worker, reason, self.id
         )

@@ -57,6 +57,8 @@ from typing import Any
 from build_scheduler.costs import CostModel
 
 DEFAULT_RATE = 1.0
+MIN_RATE = 0.001
+MAX_RATE = 1000.0
 DEFAULT_HINT_TTL_SECONDS = 3600.0
 DEFAULT_MAX_AFFINITY_WAIT_SECONDS = 60.0
 
@@ -73,6 +75,7 @@ class QueuedJob:
     cancelled: bool = False
     # Set by the pool.
     cost: float = 0.0  # what the client's share was charged
+    used: float = 0.0  # seconds its abandoned attempts ran
     tag: float = 0.0  # when the client's share lets it start
     order: int = 0  # breaks ties between equal tags: first come first
     reserved_for: str = ""  # the worker whose queue holds it
@@ -101,14 +104,16 @@ class RunningJob:
 class WorkerState:
     name: str
     capacity: int
-    active: bool = True
+    active: bool = True  # neither paused by an operator nor by itself
+    resting: bool = False  # paused by itself, for this session only
     running: dict[str, RunningJob] = field(default_factory=dict)
     waiting: OrderedDict[Hashable, None] = field(default_factory=OrderedDict)
     reserved: deque[QueuedJob] = field(default_factory=deque)
     hints: dict[str, float] = field(default_factory=dict)  # hint -> last used
 
     def load(self) -> float:
-        return (len(self.running) + len(self.reserved)) / self.capacity
+        queued = sum(1 for job in self.reserved if not job.cancelled)
+        return (len(self.running) + queued) / self.capacity
 
 
 @dataclass
@@ -161,21 +166,24 @@ class Pool:
         state.hints = self._hints.setdefault(name, {})
         self._workers[name] = state
 
-    def remove_worker(self, name: str) -> list[str]:
-        """A worker left; returns the ids of the jobs it was running.
+    def remove_worker(self, name: str) -> tuple[list[str], list[Assignment]]:
+        """A worker left: the ids of the jobs it was running, and what its
+        queue, back in the pool, gave other workers.
 
-        Its queue goes back to the pool. The caller deals with the running
-        jobs (retries them or fails them) and must not report them finished.
+        The caller deals with the running jobs (retries them or fails them)
+        and must not report them finished.
         """
         state = self._workers.pop(name, None)
         if state is None:
-            return []
+            return [], []
         for slot in state.waiting:
             del self._waiting[slot]
         self._unreserve_all(state)
+        now = self._clock()
         for running in state.running.values():
             self._share(running.job.client).running -= 1
-        return sorted(state.running)
+            running.job.used += max(0.0, now - running.started_at)
+        return sorted(state.running), self._dispatch()
 
     def set_active(self, name: str, active: bool) -> list[Assignment]:
         """Pause or resume a worker, connected or not.
@@ -187,11 +195,26 @@ class Pool:
             self._paused.discard(name)
         else:
             self._paused.add(name)
+        return self._update_active(name)
+
+    def set_resting(self, name: str, resting: bool) -> list[Assignment]:
+        """A connected worker pauses or resumes itself.
+
+        This lasts only as long as its session, and never lifts an
+        operator's pause.
+        """
         state = self._workers.get(name)
         if state is None:
             return []
-        state.active = active
-        if not active:
+        state.resting = resting
+        return self._update_active(name)
+
+    def _update_active(self, name: str) -> list[Assignment]:
+        state = self._workers.get(name)
+        if state is None:
+            return []
+        state.active = name not in self._paused and not state.resting
+        if not state.active:
             self._unreserve_all(state)
         return self._dispatch()
 
@@ -208,11 +231,11 @@ class Pool:
         self._paused.discard(name)
         self._hints.pop(name, None)
 
-    def slot_ready(self, worker: str, slot: Hashable) -> Assignment | None:
+    def slot_ready(self, worker: str, slot: Hashable) -> list[Assignment]:
         """A free slot of ``worker`` asks for work.
 
-        Returns the assignment if a job can start now; otherwise the slot
-        waits until a later call hands it one.
+        Returns what can start now, for this slot or (rarely) others; a slot
+        given nothing waits until a later call hands it a job.
         """
         state = self._workers[worker]
         self._waiting[slot] = worker
@@ -220,11 +243,8 @@ class Pool:
         if state.active:
             job = self._pop_reserved(state)
             if job is not None:
-                return self._assign(job, state, slot)
-        for assignment in self._dispatch():
-            if assignment.slot == slot:
-                return assignment
-        return None
+                return [self._assign(job, state, slot)]
+        return self._dispatch()
 
     def slot_gone(self, slot: Hashable) -> None:
         """A waiting slot stopped waiting (its worker went away)."""
@@ -232,8 +252,14 @@ class Pool:
         if worker is not None and worker in self._workers:
             self._workers[worker].waiting.pop(slot, None)
 
-    def job_finished(self, worker: str, job_id: str, *, succeeded: bool) -> None:
-        """A job ended on ``worker``: learn its cost and charge its client."""
+    def job_finished(
+        self, worker: str, job_id: str, *, succeeded: bool, final: bool = True
+    ) -> None:
+        """An attempt at a job ended on ``worker``; ``final`` if the job did.
+
+        A succeeded build teaches its cost. At the job's end its client is
+        charged what all its attempts took instead of what was expected.
+        """
         state = self._workers.get(worker)
         running = state.running.pop(job_id, None) if state else None
         if running is None:
@@ -242,9 +268,16 @@ class Pool:
         duration = max(0.0, self._clock() - running.started_at)
         share = self._share(job.client)
         share.running -= 1
-        share.next_tag += (duration - job.cost) / share.rate
+        job.used += duration
+        if final:
+            share.next_tag += (job.used - job.cost) / share.rate
         if succeeded:
             self.costs.measured(job.cache_hint, cached=running.cached, seconds=duration)
+
+    def job_abandoned(self, job: QueuedJob) -> None:
+        """A job ended while no worker ran it: charge its client for it."""
+        share = self._share(job.client)
+        share.next_tag += (job.used - job.cost) / share.rate
 
     def cache_pruned(self, worker: str) -> None:
         """The worker dropped its build cache: it holds no hint any more."""
@@ -270,9 +303,15 @@ class Pool:
     # Clients
 
     def set_rate(self, client: str, rate: float) -> None:
-        if rate <= 0:
-            raise ValueError("a rate must be more than 0")
+        if not MIN_RATE <= rate <= MAX_RATE:
+            raise ValueError(f"a rate must be from {MIN_RATE:g} to {MAX_RATE:g}")
         self._share(client).rate = rate
+
+    def forget_client(self, client: str) -> None:
+        """Drop a client's rate; what it has queued or running stays counted."""
+        share = self._clients.get(client)
+        if share is not None:
+            share.rate = DEFAULT_RATE
 
     def rate(self, client: str) -> float:
         share = self._clients.get(client)
@@ -286,8 +325,8 @@ class Pool:
 
     # Jobs
 
-    def submit(self, job: QueuedJob) -> Assignment | None:
-        """Queue ``job``; returns its assignment if it can start at once."""
+    def submit(self, job: QueuedJob) -> list[Assignment]:
+        """Queue ``job``; returns what can start now (the job, if anything)."""
         now = self._clock()
         share = self._share(job.client)
         job.cost = self.costs.expected(
@@ -297,24 +336,30 @@ class Pool:
         job.tag = max(now, share.next_tag)
         share.next_tag = job.tag + job.cost / share.rate
         self._enqueue(job)
-        return self._first(self._dispatch())
+        return self._dispatch()
 
-    def requeue(self, job: QueuedJob) -> Assignment | None:
+    def requeue(self, job: QueuedJob) -> list[Assignment]:
         """Put a job that was taken back ahead of every other waiting job."""
         job.cancelled = False
         job.reserved_for = ""
         self._front.append(job)
         self._mark_queued(job)
-        return self._first(self._dispatch())
+        return self._dispatch()
 
     def cancel(self, job_id: str) -> bool:
-        """Take a queued job out of the queue; False if it was not queued."""
+        """Take a queued job out of the queue; False if it was not queued.
+
+        Its client gets back the share the job was charged, less what its
+        abandoned attempts took.
+        """
         job = self._queued.pop(job_id, None)
         if job is None:
             return False
         job.cancelled = True
         self._urgent_waiting -= job.urgent
-        self._share(job.client).queued -= 1
+        share = self._share(job.client)
+        share.queued -= 1
+        share.next_tag += (job.used - job.cost) / share.rate
         return True
 
     def tick(self) -> list[Assignment]:
@@ -391,6 +436,11 @@ class Pool:
     @property
     def paused(self) -> set[str]:
         return set(self._paused)
+
+    def counts(self, client: str) -> tuple[int, int]:
+        """How many jobs of the client wait, and how many run."""
+        share = self._clients.get(client)
+        return (share.queued, share.running) if share else (0, 0)
 
     def jobs_of(self, client: str) -> list[str]:
         """The ids of the client's waiting jobs."""
@@ -543,10 +593,6 @@ class Pool:
         )
         state.running[job.id] = RunningJob(job, now, expected, cached)
         return Assignment(job, state.name, slot)
-
-    @staticmethod
-    def _first(assignments: list[Assignment]) -> Assignment | None:
-        return assignments[0] if assignments else None
 
     # Showing
 

@@ -76,7 +76,8 @@ class Scheduler:
         self.pools = {name: Pool(name, clock) for name in pool_names}
         self.jobs: dict[str, JobRecord] = {}
         self._sessions: dict[tuple[str, str], WorkerSession] = {}
-        self._registering: dict[tuple[str, str], asyncio.Lock] = {}
+        # (pool, name) -> the lock of its registrations, and how many use it
+        self._registering: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         self._slots: dict[object, _Slot] = {}
         # job id -> the session running its current attempt
         self._running: dict[str, WorkerSession] = {}
@@ -88,11 +89,14 @@ class Scheduler:
 
     # What outlives a restart
 
-    def load_state(self, describe: Callable[[bytes], Any]) -> None:
+    def load_state(
+        self, describe: Callable[[bytes], Any], allowed: Callable[[str], bool]
+    ) -> None:
         """Take up what the store kept: rates, pauses, caches, unfinished jobs.
 
-        ``describe`` turns a stored description back into a capnp struct.
-        Records of pools this scheduler no longer has are left alone.
+        ``describe`` turns a stored description back into a capnp struct;
+        jobs of clients no longer ``allowed`` are dropped. Records of pools
+        this scheduler no longer has are left alone.
         """
         store = self.store
         if store is None:
@@ -121,6 +125,13 @@ class Scheduler:
                     "have: it stays stored until that pool is back",
                     stored.id, stored.pool,
                 )  # fmt: skip
+                continue
+            if not allowed(stored.client):
+                logger.info(
+                    "Job %s of removed client %s is not queued again",
+                    stored.id, stored.client,
+                )  # fmt: skip
+                store.remove_job(stored.id)
                 continue
             self.restore_job(stored, describe(stored.description))
 
@@ -184,7 +195,7 @@ class Scheduler:
             )  # fmt: skip
         self.metrics.submitted.labels(pool_name).inc()
         logger.info("Job %s queued in pool %s for %s", record.id, pool_name, client)
-        self._start_all(pool, [pool.submit(self._queued_job(record, urgent))])
+        self._start_all(pool, pool.submit(self._queued_job(record, urgent)))
         return record
 
     def restore_job(self, stored: StoredJob, description: Any) -> JobRecord:
@@ -202,7 +213,7 @@ class Scheduler:
         record.log.write(f"\n{note}".encode() if len(record.log) else note.encode())
         logger.info("Job %s queued again in pool %s", record.id, stored.pool)
         queued = self._queued_job(record, stored.urgent)
-        self._start_all(pool, [pool.submit(queued)])
+        self._start_all(pool, pool.submit(queued))
         return record
 
     def _new_record(
@@ -243,25 +254,26 @@ class Scheduler:
         for pool in self.pools.values():
             for job_id in pool.jobs_of(client):
                 record = self.jobs[job_id]
-                if pool.cancel(job_id):
-                    record.finish(
-                        Outcome(JobState.CANCELLED, "cancelled"),
-                        note=f"Job cancelled while queued: client {client} "
-                        "was removed.\n",
-                    )
-                    cancelled.append(record)
+                note = f"Job cancelled while queued: client {client} was removed.\n"
+                record.finish(Outcome(JobState.CANCELLED, "cancelled"), note=note)
+                cancelled.append(record)
         return cancelled
 
     async def cancel(self, record: JobRecord) -> None:
+        """Cancel a job: take it out of the queue, or stop its build.
+
+        A cancel of a running job holds even if its worker is lost before
+        it confirms: the job then ends cancelled, never queued again.
+        """
         if record.state is JobState.QUEUED:
-            if self.pools[record.pool].cancel(record.id):
-                logger.info("Job %s cancelled while queued", record.id)
-                record.finish(
-                    Outcome(JobState.CANCELLED, "cancelled"),
-                    note="Job cancelled while queued.\n",
-                )
+            logger.info("Job %s cancelled while queued", record.id)
+            record.finish(
+                Outcome(JobState.CANCELLED, "cancelled"),
+                note="Job cancelled while queued.\n",
+            )
         elif record.state is JobState.RUNNING:
             logger.info("Cancelling job %s on %s", record.id, record.worker)
+            record.cancel_requested = True
             await record.cancel_running()
 
     def position(self, record: JobRecord) -> int:
@@ -269,7 +281,12 @@ class Scheduler:
         return position if position is not None else 0
 
     def _finished_job(self, record: JobRecord) -> None:
-        self._end_attempt(record, succeeded=record.state is JobState.SUCCEEDED)
+        succeeded = record.state is JobState.SUCCEEDED
+        if not self._end_attempt(record, succeeded=succeeded):
+            # It ended while no worker ran it: queued, or its last attempt lost.
+            pool = self.pools[record.pool]
+            if not pool.cancel(record.id):
+                pool.job_abandoned(record.queued)
         if self.store is not None:
             self.store.remove_job(record.id)
         result = record.state.value
@@ -310,19 +327,30 @@ class Scheduler:
         if capacity < 1:
             raise ServiceError("a worker's capacity must be at least 1")
         # One registration of a name at a time, so two cannot both take over.
-        lock = self._registering.setdefault((pool_name, name), asyncio.Lock())
-        async with lock:
-            old = self._sessions.get((pool_name, name))
-            if old is not None:
-                if await answers_ping(old.capability, PING_TIMEOUT_SECONDS):
-                    raise ServiceError(
-                        f"a worker named {name!r} is already connected to pool "
-                        f"{pool_name}"
-                    )
-                self.worker_lost(old, "a new worker registered under its name")
-            session = WorkerSession(pool_name, name, capacity, capability, connection)
-            self._sessions[(pool_name, name)] = session
-            pool.add_worker(name, capacity)
+        key = (pool_name, name)
+        lock, users = self._registering.get(key, (asyncio.Lock(), 0))
+        self._registering[key] = (lock, users + 1)
+        try:
+            async with lock:
+                old = self._sessions.get(key)
+                if old is not None:
+                    if await answers_ping(old.capability, PING_TIMEOUT_SECONDS):
+                        raise ServiceError(
+                            f"a worker named {name!r} is already connected to "
+                            f"pool {pool_name}"
+                        )
+                    self.worker_lost(old, "a new worker registered under its name")
+                session = WorkerSession(
+                    pool_name, name, capacity, capability, connection
+                )
+                self._sessions[key] = session
+                pool.add_worker(name, capacity)
+        finally:
+            lock, users = self._registering[key]
+            if users == 1:
+                del self._registering[key]
+            else:
+                self._registering[key] = (lock, users - 1)
         if self._heartbeat is not None:
             session.start_heartbeat(
                 self._heartbeat, lambda reason: self.worker_lost(session, reason)
@@ -341,13 +369,15 @@ class Scheduler:
             return
         session.close()
         key = (session.pool, session.name)
-        if self._sessions.get(key) is session:
-            del self._sessions[key]
-            self.pools[session.pool].remove_worker(session.name)
         for slot_key, slot in list(self._slots.items()):
             if slot.session is session:
                 del self._slots[slot_key]
                 slot.future.cancel()
+        if self._sessions.get(key) is session:
+            del self._sessions[key]
+            pool = self.pools[session.pool]
+            _, assignments = pool.remove_worker(session.name)
+            self._start_all(pool, assignments)
         logger.info('Worker "%s" left pool %s: %s', session.name, session.pool, reason)
         for job_id in sorted(session.running):
             record = self.jobs.get(job_id)
@@ -361,7 +391,7 @@ class Scheduler:
         key = object()
         future: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
         self._slots[key] = _Slot(session, worker_job, future)
-        self._start_all(pool, [pool.slot_ready(session.name, key)])
+        self._start_all(pool, pool.slot_ready(session.name, key))
         try:
             return await future
         finally:
@@ -370,11 +400,10 @@ class Scheduler:
                 pool.slot_gone(key)
                 session.release_slot()
 
-    def _start_all(self, pool: Pool, assignments: list[Assignment | None]) -> None:
+    def _start_all(self, pool: Pool, assignments: list[Assignment]) -> None:
         """Start what the pool assigned, and wake it when it next has to act."""
         for assignment in assignments:
-            if assignment is not None:
-                self._start(assignment)
+            self._start(assignment)
         timer = self._timers.pop(pool.name, None)
         if timer is not None:
             timer.cancel()
@@ -383,7 +412,7 @@ class Scheduler:
             loop = asyncio.get_running_loop()
             delay = max(0.0, when - self._clock())
             self._timers[pool.name] = loop.call_later(
-                delay, lambda: self._start_all(pool, list(pool.tick()))
+                delay, lambda: self._start_all(pool, pool.tick())
             )
 
     def _start(self, assignment: Assignment) -> None:
@@ -403,25 +432,33 @@ class Scheduler:
         )
         slot.future.set_result(record)
 
-    def _end_attempt(self, record: JobRecord, *, succeeded: bool = False) -> None:
+    def _end_attempt(
+        self, record: JobRecord, *, succeeded: bool = False, final: bool = True
+    ) -> bool:
+        """Free the slot of the job's current attempt; False if it had none."""
         session = self._running.pop(record.id, None)
         if session is None:
-            return
+            return False
         self.pools[record.pool].job_finished(
-            session.name, record.id, succeeded=succeeded
+            session.name, record.id, succeeded=succeeded, final=final
         )
         session.running.discard(record.id)
         session.release_slot()
         self._job_ended.set()
         self._job_ended = asyncio.Event()
+        return True
 
     def _attempt_lost(self, record: JobRecord, reason: str) -> None:
         """The worker of the job's current attempt is gone: retry or fail."""
         if record.state is not JobState.RUNNING or self.stopping:
             return
-        self._end_attempt(record)
+        self._end_attempt(record, final=False)
         logged = record.abandon_attempt()
         record.losses += 1
+        if record.cancel_requested:
+            note = f"\nJob cancelled; {reason} before it confirmed.\n"
+            record.finish(Outcome(JobState.CANCELLED, "cancelled"), note=note)
+            return
         # A job that takes its worker down before logging anything would
         # otherwise go round forever: past a few such losses, they count.
         if not logged and record.losses <= MAX_SILENT_LOSSES:
@@ -448,7 +485,7 @@ class Scheduler:
             return
         self.metrics.requeued.labels(record.pool).inc()
         pool = self.pools[record.pool]
-        self._start_all(pool, [pool.requeue(record.queued)])
+        self._start_all(pool, pool.requeue(record.queued))
 
     def worker_capability(self, pool_name: str, name: str) -> Any:
         """The capability of a connected worker; raises ``LookupError`` if none."""
@@ -473,7 +510,12 @@ class Scheduler:
             "Worker %s in pool %s %s", worker, pool_name,
             "resumed" if active else "paused",
         )  # fmt: skip
-        self._start_all(pool, list(pool.set_active(worker, active)))
+        self._start_all(pool, pool.set_active(worker, active))
+
+    def set_resting(self, session: WorkerSession, resting: bool) -> None:
+        """A worker pauses or resumes itself: for its session only."""
+        pool = self.pools[session.pool]
+        self._start_all(pool, pool.set_resting(session.name, resting))
 
     async def drain(
         self, pool_name: str, worker: str, report: Callable[[int], Any]
@@ -484,8 +526,11 @@ class Scheduler:
         it changes, first at once.
         """
         self.set_active(pool_name, worker, False)
+        pool = self.pools[pool_name]
         last = -1
         while True:
+            if not pool.is_paused(worker):
+                raise ServiceError(f"worker {worker!r} was unpaused: the drain ends")
             running = self._running_on(pool_name, worker)
             if running != last:
                 await report(running)
@@ -521,9 +566,10 @@ class Scheduler:
 
     def set_rate(self, pool_name: str, client: str, rate: float) -> None:
         pool = self.pool(pool_name)
-        if not rate > 0 or rate == float("inf"):
-            raise ServiceError(f"a rate must be a number above 0, not {rate:g}")
-        pool.set_rate(client, rate)
+        try:
+            pool.set_rate(client, rate)
+        except ValueError as exc:
+            raise ServiceError(f"{exc}, not {rate:g}") from None
         if self.store is not None:
             self.store.set_rate(pool_name, client, rate)
         logger.info("Client %s has rate %g in pool %s", client, rate, pool_name)

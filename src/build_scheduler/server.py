@@ -113,7 +113,7 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     services = build_services(scheduler, key, clients)
     for service_id, service in services.values():
         table.add(service_id, service)
-    scheduler.load_state(_description_from_bytes)
+    scheduler.load_state(_description_from_bytes, clients.allowed)
 
     try:
         server = await serve(

@@ -196,8 +196,7 @@ class QueueServer(schema.build.Queue.Server):  # type: ignore[misc]
 
     @remote
     async def setActive(self, active: bool, **_: Any) -> None:
-        session = self._session
-        self._scheduler.set_active(session.pool, session.name, active)
+        self._scheduler.set_resting(self._session, not active)
 
     @remote
     async def cachePruned(self, **_: Any) -> None:
