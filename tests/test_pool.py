@@ -161,7 +161,7 @@ def test_removed_worker_loses_its_waiting_slots(pool: Pool, clock: FakeClock) ->
     pool.add_worker("w1", 1)
     ready(pool, "w1", "slot")
     submit(pool, clock, "a")
-    assert pool.remove_worker("w1") == (["a"], [])
+    assert pool.remove_worker("w1") == ["a"]
     assert submit(pool, clock, "b") is None
     assert len(pool) == 1
 

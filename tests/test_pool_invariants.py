@@ -70,14 +70,14 @@ class Model:
             del self.capacity[name]
             for slot in [s for s, w in self.slots.items() if w == name]:
                 del self.slots[slot]
-            running, assignments = pool.remove_worker(name)
+            running = pool.remove_worker(name)
             mine = sorted(j for j, w in self.started.items() if w == name)
             assert running == mine
-            self.take(assignments)
             for job_id in mine:  # the scheduler retries them
                 del self.started[job_id]
                 self.queued[job_id] = self.jobs[job_id]
                 self.take(pool.requeue(self.jobs[job_id]))
+            self.take(pool.dispatch())
         elif operation in ("pause", "unpause"):
             self.take(pool.set_active(name, operation == "unpause"))
         elif operation == "rest":

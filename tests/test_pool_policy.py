@@ -118,8 +118,36 @@ def test_a_client_is_charged_what_its_jobs_really_cost(
     assert run_one(pool, clock, "w1", 600) == "a0"
     submit(pool, job("a3", "alice", estimate=1, at=clock.now))
     submit(pool, job("b0", "bob", estimate=1, at=clock.now))
-    # she has used up her share until 600 s after her first job's start
-    assert drain_order(pool) == ["a1", "a2", "b0", "a3"]
+    # she has used 600 s of builder time and bob none: bob goes first
+    assert drain_order(pool) == ["b0", "a1", "a2", "a3"]
+
+
+def test_an_estimate_below_what_the_pool_measured_buys_nothing(
+    pool: Pool, clock: FakeClock
+) -> None:
+    pool.add_worker("w1", 1)
+    warm(pool, clock, "w1", "", 10)  # the pool has measured a 10 s build
+    for number in range(5):
+        submit(pool, job(f"a{number}", "alice", estimate=0.001, at=clock.now))
+    submit(pool, job("b0", "bob", at=clock.now))
+    assert drain_order(pool)[:3] == ["a0", "b0", "a1"]
+
+
+def test_a_client_that_used_idle_workers_is_not_held_back_for_it(
+    clock: FakeClock,
+) -> None:
+    pool = Pool("linux", clock)
+    for name in ("w1", "w2", "w3", "w4"):
+        pool.add_worker(name, 1)
+    for number in range(8):  # alice alone keeps four workers busy
+        pool.submit(job(f"early{number}", "alice", estimate=10, at=clock.now))
+    for _ in range(2):
+        for name in ("w1", "w2", "w3", "w4"):
+            run_one(pool, clock, name, 10)
+    for number in range(4):
+        submit(pool, job(f"a{number}", "alice", estimate=10, at=clock.now))
+        submit(pool, job(f"b{number}", "bob", estimate=10, at=clock.now))
+    assert drain_order(pool) == ["a0", "b0", "a1", "b1", "a2", "b2", "a3", "b3"]
 
 
 def test_snapshot_shows_clients_with_rates_and_shares(
@@ -394,8 +422,8 @@ def test_a_lost_workers_queue_goes_to_the_free_slots_at_once(
     assert "queue 1 (b)" in pool.show()
     clock.now += 1
     pool.job_finished("w1", "a", succeeded=True)
-    running, given = pool.remove_worker("w1")  # gone before it asked again
-    assert running == []
+    assert pool.remove_worker("w1") == []  # gone before it asked again
+    given = pool.dispatch()
     assert [(a.job.id, a.worker) for a in given] == [("b", "w2")]
 
 
@@ -410,11 +438,13 @@ def test_a_lost_worker_hands_out_its_queue_and_its_retried_jobs(
     ready(pool, "w2", "w2-slot-2")
     clock.now += 1
     assert submit(pool, job("b", hint="app", estimate=100, at=clock.now)) is None
-    running, given = pool.remove_worker("w1")  # lost while building a
-    assert running == ["a"]
-    retried = pool.requeue(started.job)
-    placed = sorted((a.job.id, a.worker) for a in given + retried)
-    assert placed == [("a", "w2"), ("b", "w2")]
+    assert pool.remove_worker("w1") == ["a"]  # lost while building a
+    retried = pool.requeue(started.job)  # the lost job goes first
+    given = pool.dispatch()
+    assert [(a.job.id, a.worker) for a in retried + given] == [
+        ("a", "w2"),
+        ("b", "w2"),
+    ]
     assert len(pool) == 0
 
 

@@ -245,3 +245,29 @@ async def test_a_job_that_keeps_killing_workers_silently_ends_stub_worker() -> N
             assert await scheduler.pop(session, StubWorkerJob()) is record
     assert record.state is JobState.FAILED
     assert 3 < record.losses < 10
+
+
+async def test_an_unpause_ends_a_drain_at_once_stub_worker() -> None:
+    scheduler, record = await started_job(StubWorkerJob([(b"building\n", 9)]))
+    reports: list[int] = []
+
+    async def report(running: int) -> None:
+        reports.append(running)
+
+    drain = asyncio.create_task(scheduler.drain("linux", "w1", report))
+    await asyncio.sleep(0.01)
+    assert reports == [1]
+    scheduler.set_active("linux", "w1", True)
+    with pytest.raises(ServiceError, match="was unpaused: the drain ends"):
+        await asyncio.wait_for(drain, 1)
+    assert record.state is JobState.RUNNING
+
+
+async def test_a_removed_clients_job_is_not_retried_after_a_loss_stub_worker() -> None:
+    scheduler, record = await started_job(StubWorkerJob([(b"step 1\n", 7)]))
+    await asyncio.sleep(0.01)
+    scheduler.client_allowed = lambda client: client != "c"
+    scheduler.worker_lost(scheduler._running[record.id], "it vanished")
+    assert record.state is JobState.CANCELLED
+    assert len(scheduler.pools["linux"]) == 0
+    assert b"client c was removed: cancelled" in record.log.contents()

@@ -20,7 +20,8 @@ from build_api.rpc import connect, connect_and_restore, remote_message
 
 logger = logging.getLogger(__name__)
 
-CANCEL_TIMEOUT_SECONDS = 10.0
+# Longer than the scheduler waits for a worker to confirm (10 s).
+CANCEL_TIMEOUT_SECONDS = 15.0
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,17 @@ class CostModel:
             return other.mean * ratio if cached else other.mean / ratio
         return PRIOR_UNCACHED_SECONDS * (ratio if cached else 1.0)
 
+    def charged(self, hint: str, *, cached: bool, estimate: float = 0.0) -> float:
+        """What a job is charged against its client's share when queued.
+
+        As expected, but never less than what the pool measured: a low
+        estimate must not buy a client a larger share.
+        """
+        expected = self.expected(hint, cached=cached, estimate=estimate)
+        if not self.pool.cached.samples and not self.pool.uncached.samples:
+            return expected
+        return max(expected, self.expected(hint, cached=cached))
+
     def saving(self, hint: str, *, estimate: float = 0.0) -> float:
         """How much sooner a build of ``hint`` is expected to end when cached."""
         uncached = self.expected(hint, cached=False, estimate=estimate)

@@ -145,14 +145,19 @@ class JobRecord:
         """Ask the worker to stop the build, and wait until the job has ended.
 
         A worker that does not confirm in time (it hangs, or its connection
-        does) cannot be relied on to stop: the job ends as cancelled anyway.
+        does) cannot be relied on to stop: the job ends as cancelled anyway,
+        and the cancel stays on its way, so that a worker that wakes up
+        still stops the build.
         """
         worker_job, attempt = self._worker_job, self.attempt
         if worker_job is None:
             return
+        delivery = asyncio.ensure_future(_deliver_cancel(worker_job))
+        _PENDING_CANCELS.add(delivery)
+        delivery.add_done_callback(_delivered)
         try:
             async with asyncio.timeout(CANCEL_TIMEOUT_SECONDS):
-                await worker_job.cancel()
+                await asyncio.shield(delivery)
                 await self.finished.wait()  # the follower sees the build end
             return
         except TimeoutError:
@@ -214,6 +219,20 @@ class JobRecord:
     def _fail(self, reason: str) -> None:
         logger.warning("Job %s failed: %s", self.id, reason)
         self.finish(Outcome(JobState.FAILED, reason), note=f"\n{reason}\n")
+
+
+# Cancels still on their way to workers that did not answer in time.
+_PENDING_CANCELS: set[asyncio.Future[None]] = set()
+
+
+async def _deliver_cancel(worker_job: Any) -> None:
+    await worker_job.cancel()
+
+
+def _delivered(delivery: asyncio.Future[None]) -> None:
+    _PENDING_CANCELS.discard(delivery)
+    if not delivery.cancelled() and delivery.exception() is not None:
+        logger.debug("A late cancel failed: %s", delivery.exception())
 
 
 class _ProtocolViolation(Exception):

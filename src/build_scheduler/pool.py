@@ -4,16 +4,21 @@ Nothing here does I/O or reads the time itself: the clock is passed in, and
 the RPC layer turns what the methods return into replies. That keeps the
 policy testable with a fake clock and compared by readable snapshots.
 
-Order (fair share). Each client has a rate, 1 unless set. A submitted job
-is tagged with the time its client's share allows it to start: the later of
-now and the client's previous tag plus that job's expected cost over the
-rate. Waiting jobs leave in tag order, so a client that submits a burst
-spaces its own jobs out and delays only itself, while a client that
-submits now and then finds its job near the head of the queue. Urgent jobs
-go before every normal one, but are tagged the same way, so they use up
-their client's share too. When a job ends, its client is charged what it
-really cost instead of what was expected. A job whose worker was lost goes
-back ahead of everything.
+Order (fair share, start-time fair queueing). Each client has a rate, 1
+unless set. A submitted job is tagged with the point its client's share
+allows it to start: the later of the pool's virtual time (the tag of the
+latest job started; on an idle pool, the latest client's tag) and the
+client's previous tag plus that job's cost over the rate. Waiting jobs
+leave in tag order, so a client that submits a burst spaces its own jobs
+out and delays only itself, while a client that submits now and then finds
+its job near the head of the queue. Virtual time moves with the jobs
+started, not with the clock, so a client that kept many idle workers busy
+is not held back for it later. Urgent jobs go before every normal one, but
+are tagged the same way, so they use up their client's share too. A job is
+charged its expected cost, never less than the pool measured whatever the
+client's estimate; when it ends its client is charged what all its attempts
+really took instead, and a job cancelled in the queue gives the charge
+back. A job whose worker was lost goes back ahead of everything.
 
 Placement (cache affinity with bounded load). A worker that was handed a
 job with a cache hint counts as holding that hint's layers for
@@ -74,7 +79,8 @@ class QueuedJob:
     estimate: float = 0.0  # the client's estimate in seconds; 0: none
     cancelled: bool = False
     # Set by the pool.
-    cost: float = 0.0  # what the client's share was charged
+    cost: float = 0.0  # the seconds its client's share was charged
+    charge: float = 0.0  # the same in virtual time: cost over the rate then
     used: float = 0.0  # seconds its abandoned attempts ran
     tag: float = 0.0  # when the client's share lets it start
     order: int = 0  # breaks ties between equal tags: first come first
@@ -149,6 +155,8 @@ class Pool:
         # worker -> hint -> when it last built the hint, connected or not
         self._hints: dict[str, dict[str, float]] = {}
         self._reservations = 0  # entries in the workers' queues
+        # The fair-share clock: the tag of the latest job started.
+        self._virtual = 0.0
         self._clients: dict[str, ClientShare] = {}
         # slot -> worker name, in the order the slots started waiting
         self._waiting: OrderedDict[Hashable, str] = OrderedDict()
@@ -166,16 +174,17 @@ class Pool:
         state.hints = self._hints.setdefault(name, {})
         self._workers[name] = state
 
-    def remove_worker(self, name: str) -> tuple[list[str], list[Assignment]]:
-        """A worker left: the ids of the jobs it was running, and what its
-        queue, back in the pool, gave other workers.
+    def remove_worker(self, name: str) -> list[str]:
+        """A worker left: returns the ids of the jobs it was running.
 
-        The caller deals with the running jobs (retries them or fails them)
-        and must not report them finished.
+        Its own queue goes back to the pool. The caller deals with the
+        running jobs (requeues them or ends them), must not report them
+        finished, and then calls :meth:`dispatch`, which hands out what the
+        worker leaves.
         """
         state = self._workers.pop(name, None)
         if state is None:
-            return [], []
+            return []
         for slot in state.waiting:
             del self._waiting[slot]
         self._unreserve_all(state)
@@ -183,7 +192,11 @@ class Pool:
         for running in state.running.values():
             self._share(running.job.client).running -= 1
             running.job.used += max(0.0, now - running.started_at)
-        return sorted(state.running), self._dispatch()
+        return sorted(state.running)
+
+    def dispatch(self) -> list[Assignment]:
+        """Hand waiting jobs to free slots; returns what can start now."""
+        return self._dispatch()
 
     def set_active(self, name: str, active: bool) -> list[Assignment]:
         """Pause or resume a worker, connected or not.
@@ -270,14 +283,14 @@ class Pool:
         share.running -= 1
         job.used += duration
         if final:
-            share.next_tag += (job.used - job.cost) / share.rate
+            share.next_tag += job.used / share.rate - job.charge
         if succeeded:
             self.costs.measured(job.cache_hint, cached=running.cached, seconds=duration)
 
     def job_abandoned(self, job: QueuedJob) -> None:
         """A job ended while no worker ran it: charge its client for it."""
         share = self._share(job.client)
-        share.next_tag += (job.used - job.cost) / share.rate
+        share.next_tag += job.used / share.rate - job.charge
 
     def cache_pruned(self, worker: str) -> None:
         """The worker dropped its build cache: it holds no hint any more."""
@@ -327,16 +340,25 @@ class Pool:
 
     def submit(self, job: QueuedJob) -> list[Assignment]:
         """Queue ``job``; returns what can start now (the job, if anything)."""
-        now = self._clock()
         share = self._share(job.client)
-        job.cost = self.costs.expected(
+        job.cost = self.costs.charged(
             job.cache_hint, cached=bool(self._holders(job.cache_hint)),
             estimate=job.estimate,
         )  # fmt: skip
-        job.tag = max(now, share.next_tag)
-        share.next_tag = job.tag + job.cost / share.rate
+        if not self._queued and not self._running_count():
+            # Idle: nobody is owed anything for the past.
+            self._virtual = max([self._virtual, *self._next_tags()])
+        job.tag = max(self._virtual, share.next_tag)
+        job.charge = job.cost / share.rate
+        share.next_tag = job.tag + job.charge
         self._enqueue(job)
         return self._dispatch()
+
+    def _running_count(self) -> int:
+        return sum(len(state.running) for state in self._workers.values())
+
+    def _next_tags(self) -> list[float]:
+        return [s.next_tag for s in self._clients.values() if s.next_tag > -1e300]
 
     def requeue(self, job: QueuedJob) -> list[Assignment]:
         """Put a job that was taken back ahead of every other waiting job."""
@@ -359,7 +381,7 @@ class Pool:
         self._urgent_waiting -= job.urgent
         share = self._share(job.client)
         share.queued -= 1
-        share.next_tag += (job.used - job.cost) / share.rate
+        share.next_tag += job.used / share.rate - job.charge
         return True
 
     def tick(self) -> list[Assignment]:
@@ -583,6 +605,7 @@ class Pool:
         share = self._share(job.client)
         share.queued -= 1
         share.running += 1
+        self._virtual = max(self._virtual, job.tag)
         job.reserved_for = ""
         cached = False
         if job.cache_hint:

@@ -70,6 +70,8 @@ class Scheduler:
         self._wall_clock = wall_clock
         self.store = store
         self.stopping = False
+        # Whether a client may still submit (the registry of clients says).
+        self.client_allowed: Callable[[str], bool] = lambda client: True
         self._log_dir = log_dir
         self._heartbeat = heartbeat
         self._max_attempts = max_attempts
@@ -89,14 +91,12 @@ class Scheduler:
 
     # What outlives a restart
 
-    def load_state(
-        self, describe: Callable[[bytes], Any], allowed: Callable[[str], bool]
-    ) -> None:
+    def load_state(self, describe: Callable[[bytes], Any]) -> None:
         """Take up what the store kept: rates, pauses, caches, unfinished jobs.
 
         ``describe`` turns a stored description back into a capnp struct;
-        jobs of clients no longer ``allowed`` are dropped. Records of pools
-        this scheduler no longer has are left alone.
+        jobs of clients no longer allowed are dropped. Records of pools this
+        scheduler no longer has are left alone.
         """
         store = self.store
         if store is None:
@@ -126,7 +126,7 @@ class Scheduler:
                     stored.id, stored.pool,
                 )  # fmt: skip
                 continue
-            if not allowed(stored.client):
+            if not self.client_allowed(stored.client):
                 logger.info(
                     "Job %s of removed client %s is not queued again",
                     stored.id, stored.client,
@@ -373,16 +373,17 @@ class Scheduler:
             if slot.session is session:
                 del self._slots[slot_key]
                 slot.future.cancel()
+        pool = self.pools[session.pool]
         if self._sessions.get(key) is session:
             del self._sessions[key]
-            pool = self.pools[session.pool]
-            _, assignments = pool.remove_worker(session.name)
-            self._start_all(pool, assignments)
+            pool.remove_worker(session.name)
         logger.info('Worker "%s" left pool %s: %s', session.name, session.pool, reason)
         for job_id in sorted(session.running):
             record = self.jobs.get(job_id)
             if record is not None and record.state is JobState.RUNNING:
                 self._attempt_lost(record, f"worker {session.name} was lost: {reason}")
+        # Its running jobs went back first; now its queue, and the rest.
+        self._start_all(pool, pool.dispatch())
 
     async def pop(self, session: WorkerSession, worker_job: Any) -> JobRecord:
         """Wait until a job is given to this slot of ``session``."""
@@ -444,9 +445,12 @@ class Scheduler:
         )
         session.running.discard(record.id)
         session.release_slot()
+        self._wake_drains()
+        return True
+
+    def _wake_drains(self) -> None:
         self._job_ended.set()
         self._job_ended = asyncio.Event()
-        return True
 
     def _attempt_lost(self, record: JobRecord, reason: str) -> None:
         """The worker of the job's current attempt is gone: retry or fail."""
@@ -457,6 +461,10 @@ class Scheduler:
         record.losses += 1
         if record.cancel_requested:
             note = f"\nJob cancelled; {reason} before it confirmed.\n"
+            record.finish(Outcome(JobState.CANCELLED, "cancelled"), note=note)
+            return
+        if not self.client_allowed(record.client):
+            note = f"\n{reason}; client {record.client} was removed: cancelled.\n"
             record.finish(Outcome(JobState.CANCELLED, "cancelled"), note=note)
             return
         # A job that takes its worker down before logging anything would
@@ -511,6 +519,7 @@ class Scheduler:
             "resumed" if active else "paused",
         )  # fmt: skip
         self._start_all(pool, pool.set_active(worker, active))
+        self._wake_drains()
 
     def set_resting(self, session: WorkerSession, resting: bool) -> None:
         """A worker pauses or resumes itself: for its session only."""

@@ -113,7 +113,8 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     services = build_services(scheduler, key, clients)
     for service_id, service in services.values():
         table.add(service_id, service)
-    scheduler.load_state(_description_from_bytes, clients.allowed)
+    scheduler.client_allowed = clients.allowed
+    scheduler.load_state(_description_from_bytes)
 
     try:
         server = await serve(
