@@ -80,7 +80,7 @@ class QueuedJob:
     cancelled: bool = False
     # Set by the pool.
     cost: float = 0.0  # the seconds its client's share was charged
-    charge: float = 0.0  # the same in virtual time: cost over the rate then
+    rate: float = DEFAULT_RATE  # its client's rate when it was charged
     used: float = 0.0  # seconds its abandoned attempts ran
     tag: float = 0.0  # when the client's share lets it start
     order: int = 0  # breaks ties between equal tags: first come first
@@ -283,14 +283,14 @@ class Pool:
         share.running -= 1
         job.used += duration
         if final:
-            share.next_tag += job.used / share.rate - job.charge
+            share.next_tag += (job.used - job.cost) / job.rate
         if succeeded:
             self.costs.measured(job.cache_hint, cached=running.cached, seconds=duration)
 
     def job_abandoned(self, job: QueuedJob) -> None:
         """A job ended while no worker ran it: charge its client for it."""
         share = self._share(job.client)
-        share.next_tag += job.used / share.rate - job.charge
+        share.next_tag += (job.used - job.cost) / job.rate
 
     def cache_pruned(self, worker: str) -> None:
         """The worker dropped its build cache: it holds no hint any more."""
@@ -349,8 +349,8 @@ class Pool:
             # Idle: nobody is owed anything for the past.
             self._virtual = max([self._virtual, *self._next_tags()])
         job.tag = max(self._virtual, share.next_tag)
-        job.charge = job.cost / share.rate
-        share.next_tag = job.tag + job.charge
+        job.rate = share.rate
+        share.next_tag = job.tag + job.cost / job.rate
         self._enqueue(job)
         return self._dispatch()
 
@@ -381,7 +381,7 @@ class Pool:
         self._urgent_waiting -= job.urgent
         share = self._share(job.client)
         share.queued -= 1
-        share.next_tag += job.used / share.rate - job.charge
+        share.next_tag += (job.used - job.cost) / job.rate
         return True
 
     def tick(self) -> list[Assignment]:
