@@ -13,24 +13,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from build_api.buckets import BUILD_DURATION_BUCKETS
 from build_scheduler.pool import Pool
 
-# Builds take seconds to hours; queue waits from milliseconds to hours.
-DURATION_BUCKETS = (
-    1,
-    5,
-    15,
-    30,
-    60,
-    120,
-    300,
-    600,
-    1200,
-    1800,
-    3600,
-    7200,
-    float("inf"),
-)
+# Queue waits take milliseconds to hours.
 WAIT_BUCKETS = (
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, float("inf"),
 )  # fmt: skip
@@ -74,7 +60,7 @@ class SchedulerMetrics:
             "build_scheduler_job_duration_seconds",
             "Time from a worker taking the job to its end, by result.",
             ["pool", "result"],
-            buckets=DURATION_BUCKETS,
+            buckets=BUILD_DURATION_BUCKETS,
             registry=self.registry,
         )
         self.registry.register(PoolStateCollector(pools))

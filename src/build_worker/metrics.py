@@ -17,25 +17,11 @@ from prometheus_client import (
     generate_latest,
 )
 
+from build_api.buckets import BUILD_DURATION_BUCKETS
 from build_api.errors import ServiceError
 
 DEFAULT_NODE_EXPORTER_URL = "http://127.0.0.1:9100/metrics"
 NODE_EXPORTER_TIMEOUT_SECONDS = 5.0
-DURATION_BUCKETS = (
-    1,
-    5,
-    15,
-    30,
-    60,
-    120,
-    300,
-    600,
-    1200,
-    1800,
-    3600,
-    7200,
-    float("inf"),
-)
 FAST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, float("inf"))
 
 
@@ -53,7 +39,7 @@ class WorkerMetrics:
         self.build_duration = Histogram(
             "build_worker_build_duration_seconds",
             "Time spent in docker build, by result: succeeded, failed or cancelled.",
-            ["result"], buckets=DURATION_BUCKETS, registry=self.registry,
+            ["result"], buckets=BUILD_DURATION_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.push_duration = Histogram(
             "build_worker_push_duration_seconds",
