@@ -194,10 +194,6 @@ class Pool:
             running.job.used += max(0.0, now - running.started_at)
         return sorted(state.running)
 
-    def dispatch(self) -> list[Assignment]:
-        """Hand waiting jobs to free slots; returns what can start now."""
-        return self._dispatch()
-
     def set_active(self, name: str, active: bool) -> list[Assignment]:
         """Pause or resume a worker, connected or not.
 
@@ -229,7 +225,7 @@ class Pool:
         state.active = name not in self._paused and not state.resting
         if not state.active:
             self._unreserve_all(state)
-        return self._dispatch()
+        return self.dispatch()
 
     def is_paused(self, name: str) -> bool:
         return name in self._paused
@@ -257,7 +253,7 @@ class Pool:
             job = self._pop_reserved(state)
             if job is not None:
                 return [self._assign(job, state, slot)]
-        return self._dispatch()
+        return self.dispatch()
 
     def slot_gone(self, slot: Hashable) -> None:
         """A waiting slot stopped waiting (its worker went away)."""
@@ -326,10 +322,6 @@ class Pool:
         if share is not None:
             share.rate = DEFAULT_RATE
 
-    def rate(self, client: str) -> float:
-        share = self._clients.get(client)
-        return share.rate if share else DEFAULT_RATE
-
     def _share(self, client: str) -> ClientShare:
         share = self._clients.get(client)
         if share is None:
@@ -352,7 +344,7 @@ class Pool:
         job.rate = share.rate
         share.next_tag = job.tag + job.cost / job.rate
         self._enqueue(job)
-        return self._dispatch()
+        return self.dispatch()
 
     def _running_count(self) -> int:
         return sum(len(state.running) for state in self._workers.values())
@@ -366,7 +358,7 @@ class Pool:
         job.reserved_for = ""
         self._front.append(job)
         self._mark_queued(job)
-        return self._dispatch()
+        return self.dispatch()
 
     def cancel(self, job_id: str) -> bool:
         """Take a queued job out of the queue; False if it was not queued.
@@ -399,7 +391,7 @@ class Pool:
                     job.waited_for_cache = True
                     self._push_shared(job)
                     expired = True
-        return self._dispatch() if expired else []
+        return self.dispatch() if expired else []
 
     def next_tick(self) -> float | None:
         """When :meth:`tick` may next have something to do, if ever."""
@@ -427,14 +419,19 @@ class Pool:
         if job in front:
             return front.index(job)
         key = (job.tag, job.order)
-        urgent = sum(1 for t, o, j in self._urgent if not j.cancelled and (t, o) < key)
-        if job.urgent:
-            return len(front) + urgent
-        normal = sum(1 for t, o, j in self._normal if not j.cancelled and (t, o) < key)
-        return len(front) + self._live_urgent_in_heap() + normal
 
-    def _live_urgent_in_heap(self) -> int:
-        return sum(1 for _, _, j in self._urgent if not j.cancelled)
+        def ahead(heap: list[tuple[float, int, QueuedJob]], everyone: bool) -> int:
+            return sum(
+                1 for t, o, j in heap if not j.cancelled and (everyone or (t, o) < key)
+            )
+
+        if job.urgent:
+            return len(front) + ahead(self._urgent, everyone=False)
+        return (
+            len(front)
+            + ahead(self._urgent, everyone=True)
+            + ahead(self._normal, everyone=False)
+        )
 
     def queued_jobs(self) -> Iterator[QueuedJob]:
         """Waiting jobs: each worker's queue, then the pool's, in order."""
@@ -522,7 +519,8 @@ class Pool:
 
     # Choosing
 
-    def _dispatch(self) -> list[Assignment]:
+    def dispatch(self) -> list[Assignment]:
+        """Hand waiting jobs to free slots; returns what can start now."""
         assignments = []
         while (job := self._peek_shared()) is not None:
             free = self._first_free_slot()

@@ -84,9 +84,10 @@ class Scheduler:
         # job id -> the session running its current attempt
         self._running: dict[str, WorkerSession] = {}
         self._finished: deque[str] = deque()
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        # Set, and replaced, whenever a running job ends: drains wait on it.
-        self._job_ended = asyncio.Event()
+        # pool -> when its next tick is due, and the timer that calls it
+        self._timers: dict[str, tuple[float, asyncio.TimerHandle]] = {}
+        # Set, and replaced, when a job ends or a pause changes: drains wait.
+        self._drains_wake = asyncio.Event()
         self.metrics = SchedulerMetrics(lambda: self.pools)
 
     # What outlives a restart
@@ -158,7 +159,7 @@ class Scheduler:
         not be cancelled or retried.
         """
         self.stopping = True
-        for timer in self._timers.values():
+        for _, timer in self._timers.values():
             timer.cancel()
         for record in self.jobs.values():
             if not record.state.final:
@@ -405,16 +406,21 @@ class Scheduler:
         """Start what the pool assigned, and wake it when it next has to act."""
         for assignment in assignments:
             self._start(assignment)
-        timer = self._timers.pop(pool.name, None)
-        if timer is not None:
-            timer.cancel()
         when = pool.next_tick()
+        armed = self._timers.get(pool.name)
+        if armed is not None and armed[0] == when:
+            return  # the timer that is set already fits
+        if armed is not None:
+            armed[1].cancel()
+            del self._timers[pool.name]
         if when is not None:
             loop = asyncio.get_running_loop()
-            delay = max(0.0, when - self._clock())
-            self._timers[pool.name] = loop.call_later(
-                delay, lambda: self._start_all(pool, pool.tick())
-            )
+            timer = loop.call_later(max(0.0, when - self._clock()), self._tick, pool)
+            self._timers[pool.name] = (when, timer)
+
+    def _tick(self, pool: Pool) -> None:
+        del self._timers[pool.name]
+        self._start_all(pool, pool.tick())
 
     def _start(self, assignment: Assignment) -> None:
         slot = self._slots.pop(assignment.slot)
@@ -449,8 +455,8 @@ class Scheduler:
         return True
 
     def _wake_drains(self) -> None:
-        self._job_ended.set()
-        self._job_ended = asyncio.Event()
+        self._drains_wake.set()
+        self._drains_wake = asyncio.Event()
 
     def _attempt_lost(self, record: JobRecord, reason: str) -> None:
         """The worker of the job's current attempt is gone: retry or fail."""
@@ -546,7 +552,7 @@ class Scheduler:
                 last = running
             if running == 0:
                 return
-            await self._job_ended.wait()
+            await self._drains_wake.wait()
 
     def _running_on(self, pool_name: str, worker: str) -> int:
         session = self._sessions.get((pool_name, worker))
