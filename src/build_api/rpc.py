@@ -23,6 +23,7 @@ from build_api import schema
 from build_api.errors import ConnectError, ServiceError
 from build_api.keys import check_peer_certificate, client_ssl_context
 from build_api.sturdy import SturdyRef
+from build_api.transport import coalesce_writes
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +81,13 @@ async def connect(ref: SturdyRef) -> Connection:
     """Dial the scheduler named by ``ref`` and check its key."""
     loop = asyncio.get_running_loop()
     streams: list[Any] = []
+    protocols: list[Any] = []
 
     def make_protocol() -> asyncio.BaseProtocol:
         # A private pycapnp helper: it returns the protocol and hands the
         # stream built on it to the callback once the connection is made.
         protocol: asyncio.BaseProtocol = capnp.AsyncIoStream._connect(streams.append)
+        protocols.append(protocol)
         return protocol
 
     try:
@@ -113,6 +116,7 @@ async def connect(ref: SturdyRef) -> Connection:
     except Exception:
         transport.close()
         raise
+    coalesce_writes(protocols[0])
     client = capnp.TwoPartyClient(
         streams[0], traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS
     )
@@ -152,7 +156,8 @@ async def serve(
 ) -> asyncio.Server:
     """Accept TLS connections, giving each a fresh bootstrap capability."""
 
-    async def on_connection(stream: Any) -> None:
+    async def on_connection(stream: Any, protocol: Any) -> None:
+        coalesce_writes(protocol)
         server = capnp.TwoPartyServer(
             stream,
             bootstrap=make_bootstrap(PeerConnection(stream)),
@@ -163,9 +168,18 @@ async def serve(
         except Exception as exc:  # a peer that broke the protocol
             logger.info("Dropped a connection: %s", exc)
 
-    server: asyncio.Server = await capnp.AsyncIoStream.create_server(
-        on_connection, host, port, ssl=ssl_context
-    )
+    def make_protocol() -> asyncio.BaseProtocol:
+        # What pycapnp's own create_server does, keeping hold of the protocol.
+        protocol: Any = None
+
+        def connected(stream: Any) -> Awaitable[None]:
+            return on_connection(stream, protocol)
+
+        protocol = capnp.AsyncIoStream._connect(connected)
+        return protocol  # type: ignore[no-any-return]
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(make_protocol, host, port, ssl=ssl_context)
     return server
 
 

@@ -1,0 +1,76 @@
+"""Fewer, larger writes under the RPC system.
+
+pycapnp hands each piece of each outgoing message to the transport as a
+write of its own, and over TLS every write is a TLS record and a ``send``
+system call. A busy scheduler sends many small messages in one turn of the
+event loop (a return, a release, the next call), so most of its time went
+to writing. :class:`CoalescingTransport` gathers the writes of one turn and
+hands them on as one, at the end of the turn or once enough has gathered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+# Hand the gathered bytes on at once past this size, so that a burst (a log
+# chunk) is not copied about and the transport's flow control still works.
+FLUSH_BYTES = 64 * 1024
+
+
+class CoalescingTransport:
+    """Wraps a transport; ``write`` gathers, the end of the loop turn writes.
+
+    Everything else goes to the wrapped transport, with what is gathered
+    written first where the order matters (closing, flow control).
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._flush_scheduled = False
+
+    def write(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= FLUSH_BYTES:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what has gathered now."""
+        if not self._pending:
+            return
+        pending = self._pending
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        self._pending = []
+        self._pending_bytes = 0
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._pending_bytes = 0
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def coalesce_writes(protocol: Any) -> None:
+    """Make a connected pycapnp stream protocol write through a coalescer."""
+    transport = protocol.transport
+    if transport is not None and not isinstance(transport, CoalescingTransport):
+        protocol.transport = CoalescingTransport(transport)
