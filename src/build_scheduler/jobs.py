@@ -207,7 +207,6 @@ class JobRecord:
             self.finish(Outcome(JobState.FAILED, outcome.failure))
         else:
             self.finish(Outcome(JobState.CANCELLED, "cancelled"))
-        logger.info("Job %s on %s: %s", self.id, self.worker, self.state.value)
 
     def _lost(self, reason: str) -> None:
         reason = f"worker {self.worker} was lost: {reason}"

@@ -195,7 +195,7 @@ class Scheduler:
                 )
             )  # fmt: skip
         self.metrics.submitted.labels(pool_name).inc()
-        logger.info("Job %s queued in pool %s for %s", record.id, pool_name, client)
+        logger.debug("Job %s queued in pool %s for %s", record.id, pool_name, client)
         self._start_all(pool, pool.submit(self._queued_job(record, urgent)))
         return record
 
@@ -267,7 +267,7 @@ class Scheduler:
         it confirms: the job then ends cancelled, never queued again.
         """
         if record.state is JobState.QUEUED:
-            logger.info("Job %s cancelled while queued", record.id)
+            logger.debug("Job %s cancelled while queued", record.id)
             record.finish(
                 Outcome(JobState.CANCELLED, "cancelled"),
                 note="Job cancelled while queued.\n",
@@ -295,6 +295,15 @@ class Scheduler:
         if record.started_at is not None:
             duration = self._clock() - record.started_at
             self.metrics.job_duration.labels(record.pool, result).observe(duration)
+        if record.worker:
+            logger.info(
+                "Job %s on %s: %s (attempt %d, client %s)",
+                record.id, record.worker, result, record.attempt, record.client,
+            )  # fmt: skip
+        else:
+            logger.info(
+                "Job %s of client %s: %s while queued", record.id, record.client, result
+            )
         self._finished.append(record.id)
         while len(self._finished) > FINISHED_JOBS_KEPT:
             dropped = self.jobs.pop(self._finished.popleft(), None)
@@ -431,7 +440,7 @@ class Scheduler:
         slot.session.running.add(record.id)
         self.metrics.accepted.labels(record.pool).inc()
         self.metrics.queue_wait.labels(record.pool).observe(now - record.submitted_at)
-        logger.info(
+        logger.debug(
             "Job %s started on %s (attempt %d)",
             record.id,
             assignment.worker,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import os
 import signal
@@ -30,6 +31,8 @@ from build_scheduler.sessions import Heartbeat
 from build_scheduler.store import Store
 
 logger = logging.getLogger(__name__)
+
+GC_YOUNG_THRESHOLD = 10_000
 
 # How often the cache records and costs are written to the store.
 CACHE_SAVE_INTERVAL_SECONDS = 10.0
@@ -126,6 +129,7 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     except OSError as exc:
         reason = _os_reason(exc)
         raise ConfigError(f"cannot listen on {config.listen}: {reason}") from None
+    _tune_garbage_collector()
     port = server.sockets[0].getsockname()[1]
     logger.info("Listening on %s", TcpAddress(config.listen.host, port))
 
@@ -181,6 +185,19 @@ def _description_from_bytes(data: bytes) -> Any:
     reader = schema.build.JobDescription.from_bytes_packed(data)
     words = reader.total_size.word_count + 1
     return reader.as_builder(num_first_segment_words=words)
+
+
+def _tune_garbage_collector() -> None:
+    """Collect garbage less often than Python does by default.
+
+    Every RPC message makes short-lived Python objects (coroutines, tasks,
+    readers), and the default threshold of 700 allocations ran a collection
+    about once per message: a tenth of the scheduler's time under load.
+    What exists once the scheduler is up lives as long as it does, so it is
+    moved out of the collector's sight.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD)
 
 
 def _os_reason(exc: OSError) -> str:
