@@ -14,7 +14,8 @@ from build_scheduler import scheduler as scheduler_module
 from build_scheduler.jobs import JobState, Outcome
 from build_scheduler.scheduler import Scheduler
 
-DESCRIPTION = schema.build.JobDescription.new_message()
+# As a call's parameters hold it: a reader.
+DESCRIPTION = schema.build.JobDescription.new_message().as_reader()
 
 
 async def test_unknown_pool_is_refused_with_the_known_pools() -> None:
@@ -94,7 +95,7 @@ async def test_pops_beyond_capacity_wait_for_a_free_slot() -> None:
     await asyncio.sleep(0.01)
     assert first.done() and not second.done()  # capacity 1: one job at a time
     records[0].finish(Outcome(JobState.SUCCEEDED, "sha256:x"))
-    assert (await asyncio.wait_for(second, 1)) is records[1]
+    assert (await asyncio.wait_for(second, 1))[0] is records[1]
 
 
 async def test_two_registrations_racing_for_a_silent_name_stub_worker(
@@ -145,7 +146,7 @@ async def started_job(worker_job: StubWorkerJob):
     pop = asyncio.create_task(scheduler.pop(session, worker_job))
     await asyncio.sleep(0)
     record = scheduler.submit("linux", DESCRIPTION, urgent=False, client="c")
-    assert await pop is record
+    assert (await pop)[0] is record
     return scheduler, record
 
 
@@ -212,7 +213,7 @@ async def test_building_job_is_retried_once_then_fails_stub_worker() -> None:
     )
 
     second = await scheduler.register("linux", "w2", 1, capability=None)
-    assert await scheduler.pop(second, StubWorkerJob([(b"again\n", 6)])) is record
+    assert (await scheduler.pop(second, StubWorkerJob([(b"again\n", 6)])))[0] is record
     await asyncio.sleep(0.01)
     assert record.attempt == 2
     scheduler.worker_lost(second, "it vanished too")
@@ -242,7 +243,7 @@ async def test_a_job_that_keeps_killing_workers_silently_ends_stub_worker() -> N
         scheduler.worker_lost(scheduler._running[record.id], f"crash {i}")
         if record.state is JobState.QUEUED:
             session = await scheduler.register("linux", f"w{i + 2}", 1, capability=None)
-            assert await scheduler.pop(session, StubWorkerJob()) is record
+            assert (await scheduler.pop(session, StubWorkerJob()))[0] is record
     assert record.state is JobState.FAILED
     assert 3 < record.losses < 10
 

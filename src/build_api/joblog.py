@@ -15,9 +15,11 @@ memory or disk.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
 from pathlib import Path
+
+from build_api.latch import Latch
 
 CHUNK_BYTES = 1024 * 1024
 SPILL_BYTES = 16 * 1024
@@ -25,11 +27,20 @@ DEFAULT_MAX_LOG_BYTES = 64 * 1024 * 1024
 
 
 class JobLog:
+    __slots__ = (
+        "_memory", "_path", "_fd", "_spilled", "_length", "_max_bytes",
+        "_truncated", "_closed", "_grew",
+    )  # fmt: skip
+
     def __init__(
-        self, *, path: Path | None = None, max_bytes: int = DEFAULT_MAX_LOG_BYTES
+        self,
+        *,
+        path: str | Path | None = None,
+        max_bytes: int = DEFAULT_MAX_LOG_BYTES,
     ) -> None:
         self._memory = bytearray()
-        self._path = path
+        # Kept as a string: a Path object costs a few hundred bytes per log.
+        self._path = os.fspath(path) if path is not None else None
         # Opened once the log outgrows memory; closed when the log is.
         self._fd: int | None = None
         self._spilled = False
@@ -37,10 +48,12 @@ class JobLog:
         self._max_bytes = max_bytes
         self._truncated = False
         self._closed = False
-        self._grew = asyncio.Event()
+        self._grew: Latch | None = None  # made when a reader waits
 
     @classmethod
-    def reopen(cls, path: Path, *, max_bytes: int = DEFAULT_MAX_LOG_BYTES) -> JobLog:
+    def reopen(
+        cls, path: str | Path, *, max_bytes: int = DEFAULT_MAX_LOG_BYTES
+    ) -> JobLog:
         """The log kept in ``path`` by :meth:`persist`, to go on writing it."""
         log = cls(path=path, max_bytes=max_bytes)
         try:
@@ -91,7 +104,8 @@ class JobLog:
         self.close()
         self._memory = bytearray()
         if self._path is not None:
-            self._path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path)
 
     def contents(self) -> bytes:
         return self._slice(0, self._length)
@@ -108,6 +122,8 @@ class JobLog:
         if start < 0:
             start = max(0, self._length + start)
         while start >= self._length and not self._closed:
+            if self._grew is None:
+                self._grew = Latch()
             await self._grew.wait()
         start = min(start, self._length)
         chunk = self._slice(start, min(limit, self._length - start))
@@ -126,7 +142,7 @@ class JobLog:
             written += os.pwrite(self._fd, data[written:], self._length + written)
         self._length += len(data)
 
-    def _spill(self, path: Path) -> None:
+    def _spill(self, path: str) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         self._spilled = True
         data, self._memory = self._memory, bytearray()
@@ -141,7 +157,7 @@ class JobLog:
             return os.pread(self._fd, size, start)
         if self._spilled and self._path is not None:
             try:
-                with self._path.open("rb") as file:
+                with open(self._path, "rb") as file:
                     file.seek(start)
                     return file.read(size)
             except FileNotFoundError:  # discarded meanwhile
@@ -149,6 +165,7 @@ class JobLog:
         return bytes(self._memory[start : start + size])
 
     def _wake(self) -> None:
-        # Wake every waiter, then arm a fresh event for the next ones.
-        self._grew.set()
-        self._grew = asyncio.Event()
+        # Wake every waiter; the next ones make a fresh latch.
+        grew, self._grew = self._grew, None
+        if grew is not None:
+            grew.set()

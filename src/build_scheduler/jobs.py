@@ -32,6 +32,7 @@ from typing import Any
 import capnp
 
 from build_api.joblog import JobLog
+from build_api.latch import Latch
 from build_api.rpc import is_disconnect, remote_message
 
 logger = logging.getLogger(__name__)
@@ -58,12 +59,20 @@ class Outcome:
 
 
 class JobRecord:
+    # A scheduler holds one per queued job, so each byte counts.
+    __slots__ = (
+        "id", "pool", "client", "description", "state", "worker", "attempt",
+        "submitted_at", "started_at", "holders", "log", "outcome", "started",
+        "finished", "on_finish", "on_worker_lost", "_attempt_log_start",
+        "losses", "cancel_requested", "queued", "_worker_job", "_follower",
+    )  # fmt: skip
+
     def __init__(
         self,
         job_id: str,
         pool: str,
         client: str,
-        description: Any,
+        description: bytes,
         *,
         submitted_at: float = 0.0,
         log: JobLog | None = None,
@@ -71,7 +80,8 @@ class JobRecord:
         self.id = job_id
         self.pool = pool
         self.client = client
-        self.description = description
+        # Packed as on the wire: a fraction of the size of a message object.
+        self.description: bytes | None = description
         self.state = JobState.QUEUED
         self.worker = ""
         self.attempt = 0
@@ -80,9 +90,9 @@ class JobRecord:
         self.holders = 0  # capabilities on this job held by clients
         self.log = log if log is not None else JobLog()
         self.outcome: Outcome | None = None
-        self.started = asyncio.Event()
-        self.finished = asyncio.Event()
-        self.on_finish: list[Callable[[JobRecord], None]] = []
+        self.started = Latch()
+        self.finished = Latch()
+        self.on_finish: Callable[[JobRecord], None] | None = None
         # Told when the current attempt's worker is lost, with the reason;
         # without a handler the job fails.
         self.on_worker_lost: Callable[[JobRecord, str], None] | None = None
@@ -138,8 +148,8 @@ class JobRecord:
         self.description = None
         self.started.set()  # so nobody waits for a start that will not come
         self.finished.set()
-        for callback in self.on_finish:
-            callback(self)
+        if self.on_finish is not None:
+            self.on_finish(self)
 
     async def cancel_running(self) -> None:
         """Ask the worker to stop the build, and wait until the job has ended.

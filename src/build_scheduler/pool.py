@@ -68,7 +68,7 @@ DEFAULT_HINT_TTL_SECONDS = 3600.0
 DEFAULT_MAX_AFFINITY_WAIT_SECONDS = 60.0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class QueuedJob:
     id: str
     client: str

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from build_api import schema
 from build_api.errors import ServiceError
 from build_api.joblog import JobLog
 from build_api.rpc import PeerConnection
@@ -51,7 +52,7 @@ MAX_SILENT_LOSSES = 3
 class _Slot:
     session: WorkerSession
     worker_job: Any
-    future: asyncio.Future[JobRecord]
+    future: asyncio.Future[tuple[JobRecord, bytes]]
 
 
 class Scheduler:
@@ -89,14 +90,15 @@ class Scheduler:
         # Set, and replaced, when a job ends or a pause changes: drains wait.
         self._drains_wake = asyncio.Event()
         self.metrics = SchedulerMetrics(lambda: self.pools)
+        self._on_finish = self._finished_job
+        self._on_worker_lost = self._attempt_lost
 
     # What outlives a restart
 
-    def load_state(self, describe: Callable[[bytes], Any]) -> None:
+    def load_state(self) -> None:
         """Take up what the store kept: rates, pauses, caches, unfinished jobs.
 
-        ``describe`` turns a stored description back into a capnp struct;
-        jobs of clients no longer allowed are dropped. Records of pools this
+        Jobs of clients no longer allowed are dropped. Records of pools this
         scheduler no longer has are left alone.
         """
         store = self.store
@@ -134,7 +136,7 @@ class Scheduler:
                 )  # fmt: skip
                 store.remove_job(stored.id)
                 continue
-            self.restore_job(stored, describe(stored.description))
+            self.restore_job(stored)
 
     def save_cache(self) -> None:
         """Write the cache records and costs of every pool to the store."""
@@ -184,22 +186,25 @@ class Scheduler:
         self, pool_name: str, description: Any, *, urgent: bool, client: str
     ) -> JobRecord:
         pool = self.pool(pool_name)
+        # A reader cannot be packed: copy it to a builder sized to fit.
+        words = description.total_size.word_count + 1
+        packed = description.as_builder(num_first_segment_words=words).to_bytes_packed()
         record = self._new_record(
-            secrets.token_hex(6), pool_name, client, description, self._clock()
+            secrets.token_hex(6), pool_name, client, packed, self._clock()
         )
         if self.store is not None:
             self.store.add_job(
                 StoredJob(
-                    record.id, pool_name, client, urgent, self._wall_clock(),
-                    description.to_bytes_packed(),
+                    record.id, pool_name, client, urgent, self._wall_clock(), packed
                 )
-            )  # fmt: skip
+            )
         self.metrics.submitted.labels(pool_name).inc()
         logger.debug("Job %s queued in pool %s for %s", record.id, pool_name, client)
-        self._start_all(pool, pool.submit(self._queued_job(record, urgent)))
+        queued = self._queued_job(record, description, urgent)
+        self._start_all(pool, pool.submit(queued))
         return record
 
-    def restore_job(self, stored: StoredJob, description: Any) -> JobRecord:
+    def restore_job(self, stored: StoredJob) -> JobRecord:
         """Queue again a job that had not ended when the scheduler stopped."""
         pool = self.pool(stored.pool)
         waited = max(0.0, self._wall_clock() - stored.submitted)
@@ -207,13 +212,14 @@ class Scheduler:
         if self._log_dir is not None:
             log = JobLog.reopen(self._log_dir / f"{stored.id}.log")
         record = self._new_record(
-            stored.id, stored.pool, stored.client, description,
+            stored.id, stored.pool, stored.client, stored.description,
             self._clock() - waited, log=log,
         )  # fmt: skip
         note = "--- the scheduler restarted; the job is queued again ---\n"
         record.log.write(f"\n{note}".encode() if len(record.log) else note.encode())
         logger.info("Job %s queued again in pool %s", record.id, stored.pool)
-        queued = self._queued_job(record, stored.urgent)
+        description = schema.build.JobDescription.from_bytes_packed(stored.description)
+        queued = self._queued_job(record, description, stored.urgent)
         self._start_all(pool, pool.submit(queued))
         return record
 
@@ -222,25 +228,27 @@ class Scheduler:
         job_id: str,
         pool_name: str,
         client: str,
-        description: Any,
+        description: bytes,
         submitted_at: float,
         *,
         log: JobLog | None = None,
     ) -> JobRecord:
         if log is None:
-            path = self._log_dir / f"{job_id}.log" if self._log_dir else None
+            path = f"{self._log_dir}/{job_id}.log" if self._log_dir else None
             log = JobLog(path=path)
         record = JobRecord(
             job_id, pool_name, client, description, submitted_at=submitted_at,
             log=log,
         )  # fmt: skip
         self.jobs[record.id] = record
-        record.on_finish.append(self._finished_job)
-        record.on_worker_lost = self._attempt_lost
+        # Bound once: a bound method made per job costs 64 bytes each time.
+        record.on_finish = self._on_finish
+        record.on_worker_lost = self._on_worker_lost
         return record
 
-    def _queued_job(self, record: JobRecord, urgent: bool) -> QueuedJob:
-        description = record.description
+    def _queued_job(
+        self, record: JobRecord, description: Any, urgent: bool
+    ) -> QueuedJob:
         queued = QueuedJob(
             record.id, record.client, urgent, record.submitted_at, payload=record,
             cache_hint=description.cacheHint,
@@ -395,12 +403,20 @@ class Scheduler:
         # Its running jobs went back first; now its queue, and the rest.
         self._start_all(pool, pool.dispatch())
 
-    async def pop(self, session: WorkerSession, worker_job: Any) -> JobRecord:
-        """Wait until a job is given to this slot of ``session``."""
+    async def pop(
+        self, session: WorkerSession, worker_job: Any
+    ) -> tuple[JobRecord, bytes]:
+        """Wait until a job is given to this slot of ``session``.
+
+        Returns the job and its packed description, taken when it started:
+        the job may end before the worker is told, and its record then no
+        longer holds the description.
+        """
         await session.take_slot()
         pool = self.pools[session.pool]
         key = object()
-        future: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[JobRecord, bytes]] = loop.create_future()
         self._slots[key] = _Slot(session, worker_job, future)
         self._start_all(pool, pool.slot_ready(session.name, key))
         try:
@@ -446,7 +462,8 @@ class Scheduler:
             assignment.worker,
             record.attempt,
         )
-        slot.future.set_result(record)
+        assert record.description is not None  # queued, so it has not ended
+        slot.future.set_result((record, record.description))
 
     def _end_attempt(
         self, record: JobRecord, *, succeeded: bool = False, final: bool = True

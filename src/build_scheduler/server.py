@@ -11,7 +11,6 @@ import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from build_api import schema
 from build_api.address import TcpAddress
@@ -117,7 +116,7 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     for service_id, service in services.values():
         table.add(service_id, service)
     scheduler.client_allowed = clients.allowed
-    scheduler.load_state(_description_from_bytes)
+    scheduler.load_state()
 
     try:
         server = await serve(
@@ -178,13 +177,6 @@ async def _save_cache_now_and_then(scheduler: Scheduler) -> None:
     while True:
         await asyncio.sleep(CACHE_SAVE_INTERVAL_SECONDS)
         scheduler.save_cache()
-
-
-def _description_from_bytes(data: bytes) -> Any:
-    """A stored job description, as a builder that outlives its bytes."""
-    reader = schema.build.JobDescription.from_bytes_packed(data)
-    words = reader.total_size.word_count + 1
-    return reader.as_builder(num_first_segment_words=words)
 
 
 def _tune_garbage_collector() -> None:

@@ -72,11 +72,9 @@ class SubmissionServer(schema.build.Submission.Server):  # type: ignore[misc]
     async def submit(self, pool: str, description: Any, urgent: bool, **_: Any) -> Any:
         self._check_allowed()
         _check_description(description)
-        # A copy that outlives the call, sized to fit: by default a builder
-        # reserves 8 KiB, more than most descriptions and queued jobs can spare.
-        words = description.total_size.word_count + 1
-        copy = description.as_builder(num_first_segment_words=words)
-        record = self._scheduler.submit(pool, copy, urgent=urgent, client=self._client)
+        record = self._scheduler.submit(
+            pool, description, urgent=urgent, client=self._client
+        )
         return TicketServer(self._scheduler, record)
 
     @remote
@@ -190,9 +188,11 @@ class QueueServer(schema.build.Queue.Server):  # type: ignore[misc]
 
     @remote
     async def pop(self, job: Any, _context: Any, **_: Any) -> None:
-        record = await self._scheduler.pop(self._session, job)
+        record, packed = await self._scheduler.pop(self._session, job)
         _context.results.id = record.id
-        _context.results.description = record.description
+        _context.results.description = schema.build.JobDescription.from_bytes_packed(
+            packed
+        )
 
     @remote
     async def setActive(self, active: bool, **_: Any) -> None:
