@@ -30,7 +30,7 @@ from common import (
 from tests.synthetic import simple_description
 
 from build_api import schema
-from build_api.rpc import connect_and_restore
+from build_api.rpc import connect_and_restore, detached
 from build_api.sturdy import read_cap_file
 
 CLIENTS = 2
@@ -45,7 +45,7 @@ async def client(cap: str, jobs: int) -> None:
     description = simple_description()
 
     async def one(_: int) -> None:
-        ticket = (await submission.submit("linux", description, False)).ticket
+        ticket = detached((await submission.submit("linux", description, False)).ticket)
         outcome = (await ticket.job().job.result()).outcome
         assert outcome.which() == "success"
 

@@ -22,7 +22,7 @@ from tests.cluster import Cluster
 from tests.synthetic import simple_description
 
 from build_api import schema
-from build_api.rpc import connect_and_restore
+from build_api.rpc import connect_and_restore, detached
 from build_api.sturdy import read_cap_file
 
 MEASURED = 2000
@@ -42,7 +42,8 @@ async def fill(
     tickets: list[object] = []
 
     async def submit(_: int) -> None:
-        tickets.append((await submission.submit("linux", description, False)).ticket)
+        reply = await submission.submit("linux", description, False)
+        tickets.append(detached(reply.ticket))
 
     started = time.perf_counter()
     await gather_limited(depth, CONCURRENCY, submit)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from build_api import schema
-from build_api.rpc import connect_and_restore
+from build_api.rpc import connect_and_restore, detached
 from build_api.sturdy import SturdyRef
 from build_worker.job import WorkerJob
 
@@ -64,7 +64,7 @@ class SyntheticWorker:
             reply = await registration.register(
                 self.name, SyntheticWorkerServer(), self.capacity
             )
-            queue = reply.queue
+            queue = detached(reply.queue)
             await asyncio.gather(*(self._slot(queue) for _ in range(self.capacity)))
         finally:
             connection.close()

@@ -61,7 +61,7 @@ class Connection:
             if is_disconnect(exc):
                 raise ConnectError("the scheduler closed the connection") from None
             raise ServiceError(remote_message(exc)) from None
-        return response.cap.as_interface(interface)
+        return detached(response.cap.as_interface(interface))
 
     async def disconnected(self) -> None:
         """Wait until the connection is lost."""
@@ -230,6 +230,21 @@ def remote(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 
 _REFUSED_MARK = Refused.__name__ + ": "
+
+
+def detached(capability: Any) -> Any:
+    """``capability``, no longer tied to the response it arrived in.
+
+    pycapnp keeps a response alive for as long as any capability read from
+    it, and only once the response goes does the RPC system tell the other
+    side that it may forget the call. Until then the other side keeps the
+    whole exchange, about 12 KiB: a client that holds a job's ticket for the
+    job's life, or a worker its queue for the session, would cost the
+    scheduler that much each. A capability does not need the response's
+    memory, so the tie can be cut.
+    """
+    capability._parent = None
+    return capability
 
 
 def remote_message(exc: Exception) -> str:

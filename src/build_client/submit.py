@@ -16,7 +16,7 @@ import capnp
 from build_api import schema
 from build_api.cli_support import EXIT_FAILED, EXIT_INTERRUPTED
 from build_api.errors import ConnectError, ServiceError
-from build_api.rpc import connect, connect_and_restore, remote_message
+from build_api.rpc import connect, connect_and_restore, detached, remote_message
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Submitter:
             )
         except capnp.KjException as exc:
             raise ServiceError(remote_message(exc)) from None
-        return await self._guarded(self.follow(reply.ticket, submitted=True))
+        return await self._guarded(self.follow(detached(reply.ticket), submitted=True))
 
     async def attach(self, submission: Any, job_id: str) -> int:
         """Follow a job submitted earlier; returns the exit code."""
@@ -93,7 +93,7 @@ class Submitter:
             reply = await submission.ticket(job_id)
         except capnp.KjException as exc:
             raise ServiceError(remote_message(exc)) from None
-        return await self._guarded(self.follow(reply.ticket))
+        return await self._guarded(self.follow(detached(reply.ticket)))
 
     async def _guarded(self, following: Coroutine[Any, Any, int]) -> int:
         try:
@@ -129,7 +129,7 @@ class Submitter:
             self.say(f"Job {self._job_id} is building on worker {started.worker}")
         else:
             self.say(f"Job {self._job_id} was built on worker {started.worker}")
-        job = started.job
+        job = detached(started.job)
         offset = 0
         result = job.result()
         while True:

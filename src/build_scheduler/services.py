@@ -15,7 +15,7 @@ from typing import Any
 
 from build_api import schema
 from build_api.errors import ServiceError
-from build_api.rpc import PeerConnection, remote
+from build_api.rpc import PeerConnection, detached, remote
 from build_scheduler.clients import ClientRegistry
 from build_scheduler.jobs import JobRecord, JobState
 from build_scheduler.scheduler import Scheduler
@@ -171,7 +171,7 @@ class RegistrationServer(schema.build.Registration.Server):  # type: ignore[misc
     @remote
     async def register(self, name: str, worker: Any, capacity: int, **_: Any) -> Any:
         session = await self._scheduler.register(
-            self._pool, name, capacity, worker, connection=self._peer
+            self._pool, name, capacity, detached(worker), connection=self._peer
         )
         return QueueServer(self._scheduler, session)
 
@@ -188,7 +188,8 @@ class QueueServer(schema.build.Queue.Server):  # type: ignore[misc]
 
     @remote
     async def pop(self, job: Any, _context: Any, **_: Any) -> None:
-        record, packed = await self._scheduler.pop(self._session, job)
+        # Detached, or the call's whole message stays while the job runs.
+        record, packed = await self._scheduler.pop(self._session, detached(job))
         _context.results.id = record.id
         _context.results.description = schema.build.JobDescription.from_bytes_packed(
             packed

@@ -21,7 +21,13 @@ import capnp
 
 from build_api import schema
 from build_api.errors import ConnectError, PeerKeyMismatchError, ServiceError
-from build_api.rpc import connect_and_restore, is_disconnect, remote, remote_message
+from build_api.rpc import (
+    connect_and_restore,
+    detached,
+    is_disconnect,
+    remote,
+    remote_message,
+)
 from build_api.sturdy import SturdyRef, read_cap_file
 from build_worker.builder import DockerBuilder
 from build_worker.git_context import GitMirrors
@@ -130,7 +136,7 @@ class Agent:
                 raise ServiceError(
                     f"registration refused: {remote_message(exc)}"
                 ) from None
-            queue = reply.queue
+            queue = detached(reply.queue)
             logger.info(
                 "Registered as %r with capacity %d", config.name, config.capacity
             )
