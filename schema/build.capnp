@@ -72,11 +72,14 @@ interface Ticket {
 }
 
 interface Job {
-  log @0 (start :Int64) -> (data :Data, next :Int64, ended :Bool);
+  log @0 (start :Int64) -> (data :Data, next :Int64, ended :Bool,
+                            outcome :Outcome);
   # At most one chunk of the log from byte `start`, waiting while there is
   # nothing new and the job still runs. An empty chunk means the log ended;
   # so does `ended`, set when this chunk reaches the end of a finished log,
   # which saves the reader one call. A negative start counts from the end.
+  # With `ended` comes `outcome`, how the job ended, which saves the reader
+  # the `result` call (a peer too old to send it leaves it null).
   result @1 () -> (outcome :Outcome);
   # Waits until the job ends.
   cancel @2 () -> ();

@@ -54,6 +54,7 @@ class SyntheticWorker:
     name: str
     capacity: int = 1
     handler: JobHandler = finish_at_once
+    job_class: type[SyntheticJob] = SyntheticJob
     received: list[str] = field(default_factory=list)
 
     async def run(self) -> None:
@@ -71,7 +72,7 @@ class SyntheticWorker:
 
     async def _slot(self, queue: Any) -> None:
         while True:
-            job = SyntheticJob()
+            job = self.job_class()
             reply = await queue.pop(job)
             self.received.append(reply.id)
             await self.handler(reply.id, reply.description, job)

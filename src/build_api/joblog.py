@@ -103,7 +103,7 @@ class JobLog:
         """Close the log and free what it holds (its file, if any)."""
         self.close()
         self._memory = bytearray()
-        if self._path is not None:
+        if self._path is not None and self._spilled:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path)
 

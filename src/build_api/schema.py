@@ -30,6 +30,16 @@ def _schema_path() -> Path:
 build: Any = capnp.load(str(_schema_path()))
 
 
+def write_outcome(outcome: Any, kind: str, detail: str = "") -> None:
+    """Fill an ``Outcome`` builder: ``kind`` is success, failure or cancelled."""
+    if kind == "success":
+        outcome.success = detail
+    elif kind == "failure":
+        outcome.failure = detail
+    else:
+        outcome.cancelled = None
+
+
 def interface_id(interface: Any) -> int:
     """The 64-bit id of a schema interface, as sent in ``Restorer.restore``."""
     return int(interface.schema.node.id)

@@ -131,7 +131,6 @@ class Submitter:
             self.say(f"Job {self._job_id} was built on worker {started.worker}")
         job = detached(started.job)
         offset = 0
-        result = job.result()
         while True:
             chunk = await job.log(offset)
             self._out.write(chunk.data)
@@ -139,7 +138,10 @@ class Submitter:
             offset = chunk.next
             if chunk.ended or not chunk.data:
                 break
-        outcome = (await result).outcome
+        if chunk._has("outcome"):  # the end of the log brought it
+            outcome = chunk.outcome
+        else:
+            outcome = (await job.result()).outcome
         kind = outcome.which()
         if kind == "success":
             # The result comes from a worker: print it, not what it may hide.

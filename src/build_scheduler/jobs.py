@@ -186,9 +186,6 @@ class JobRecord:
         """Copy the worker's log and result into this record."""
         offset = 0
         try:
-            # Ask for the result at once: it arrives with the end of the log,
-            # not one round trip after it.
-            result = worker_job.result()
             while True:
                 reply = await worker_job.log(offset)
                 if reply.data and reply.next != offset + len(reply.data):
@@ -197,7 +194,10 @@ class JobRecord:
                 offset = reply.next
                 if reply.ended or not reply.data:
                     break
-            outcome = (await result).outcome
+            if reply._has("outcome"):  # the end of the log brought it
+                outcome = reply.outcome
+            else:
+                outcome = (await worker_job.result()).outcome
         except capnp.KjException as exc:
             if is_disconnect(exc):
                 self._lost("its connection closed")

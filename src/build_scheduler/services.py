@@ -17,7 +17,7 @@ from build_api import schema
 from build_api.errors import ServiceError
 from build_api.rpc import PeerConnection, detached, remote
 from build_scheduler.clients import ClientRegistry
-from build_scheduler.jobs import JobRecord, JobState
+from build_scheduler.jobs import JobRecord, JobState, Outcome
 from build_scheduler.scheduler import Scheduler
 from build_scheduler.sessions import WorkerSession
 
@@ -141,25 +141,34 @@ class TicketServer(_Holder, schema.build.Ticket.Server):  # type: ignore[misc]
 
 class JobServer(_Holder, schema.build.Job.Server):  # type: ignore[misc]
     @remote
-    async def log(self, start: int, **_: Any) -> tuple[bytes, int, bool]:
-        return await self.record.log.read(start)
+    async def log(self, start: int, _context: Any, **_: Any) -> None:
+        data, next_offset, ended = await self.record.log.read(start)
+        results = _context.results
+        results.data = data
+        results.next = next_offset
+        results.ended = ended
+        outcome = self.record.outcome
+        if ended and outcome is not None:
+            _write_outcome(results.init("outcome"), outcome)
 
     @remote
     async def result(self, _context: Any, **_: Any) -> None:
         await self.record.finished.wait()
         outcome = self.record.outcome
         assert outcome is not None
-        result = _context.results.init("outcome")
-        if outcome.state is JobState.SUCCEEDED:
-            result.success = outcome.detail
-        elif outcome.state is JobState.FAILED:
-            result.failure = outcome.detail
-        else:
-            result.cancelled = None
+        _write_outcome(_context.results.init("outcome"), outcome)
 
     @remote
     async def cancel(self, **_: Any) -> None:
         await self._scheduler.cancel(self.record)
+
+
+_OUTCOME_KINDS = {JobState.SUCCEEDED: "success", JobState.FAILED: "failure"}
+
+
+def _write_outcome(builder: Any, outcome: Outcome) -> None:
+    kind = _OUTCOME_KINDS.get(outcome.state, "cancelled")
+    schema.write_outcome(builder, kind, outcome.detail)
 
 
 class RegistrationServer(schema.build.Registration.Server):  # type: ignore[misc]

@@ -116,6 +116,11 @@ class Store:
         self._db.executescript(SCHEMA)
         self._commit_pending = False
         self._closed = False
+        # Job rows wait here for the commit at the end of the loop turn, so
+        # that a turn's jobs go in one statement, and a job that starts and
+        # ends within a turn is never written at all.
+        self._jobs_to_add: dict[str, StoredJob] = {}
+        self._jobs_to_remove: list[str] = []
 
     def close(self) -> None:
         self.commit()
@@ -129,6 +134,9 @@ class Store:
         if not self._db.in_transaction:
             self._db.execute("BEGIN")
         self._db.execute(sql, params)
+        self._commit_soon()
+
+    def _commit_soon(self) -> None:
         if not self._commit_pending:
             self._commit_pending = True
             try:
@@ -138,7 +146,24 @@ class Store:
 
     def commit(self) -> None:
         self._commit_pending = False
-        if not self._closed and self._db.in_transaction:
+        if self._closed:
+            return
+        if self._jobs_to_add or self._jobs_to_remove:
+            if not self._db.in_transaction:
+                self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO jobs (id, pool, client, urgent, submitted, description)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(job.id, job.pool, job.client, int(job.urgent), job.submitted,
+                  job.description) for job in self._jobs_to_add.values()],
+            )  # fmt: skip
+            self._db.executemany(
+                "DELETE FROM jobs WHERE id = ?",
+                [(job_id,) for job_id in self._jobs_to_remove],
+            )
+            self._jobs_to_add.clear()
+            self._jobs_to_remove.clear()
+        if self._db.in_transaction:
             self._db.execute("COMMIT")
 
     # Clients
@@ -216,18 +241,17 @@ class Store:
     # Jobs
 
     def add_job(self, job: StoredJob) -> None:
-        self._write(
-            "INSERT INTO jobs (id, pool, client, urgent, submitted, description)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (job.id, job.pool, job.client, int(job.urgent), job.submitted,
-             job.description),
-        )  # fmt: skip
+        self._jobs_to_add[job.id] = job
+        self._commit_soon()
 
     def remove_job(self, job_id: str) -> None:
-        self._write("DELETE FROM jobs WHERE id = ?", (job_id,))
+        if self._jobs_to_add.pop(job_id, None) is None:  # it was written
+            self._jobs_to_remove.append(job_id)
+            self._commit_soon()
 
     def unfinished_jobs(self) -> list[StoredJob]:
         """Jobs that had not ended, in the order they were submitted."""
+        self.commit()
         rows = self._db.execute(
             "SELECT id, pool, client, urgent, submitted, description FROM jobs"
             " ORDER BY seq"

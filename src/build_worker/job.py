@@ -53,19 +53,19 @@ class WorkerJob(schema.build.Job.Server):  # type: ignore[misc]
         self.log_buffer.close()
 
     @remote
-    async def log(self, start: int, **_: Any) -> tuple[bytes, int, bool]:
-        return await self.log_buffer.read(start)
+    async def log(self, start: int, _context: Any, **_: Any) -> None:
+        data, next_offset, ended = await self.log_buffer.read(start)
+        results = _context.results
+        results.data = data
+        results.next = next_offset
+        results.ended = ended
+        if ended and self._outcome.done():
+            schema.write_outcome(results.init("outcome"), *self._outcome.result())
 
     @remote
     async def result(self, _context: Any, **_: Any) -> None:
         kind, detail = await asyncio.shield(self._outcome)
-        outcome = _context.results.init("outcome")
-        if kind == "success":
-            outcome.success = detail
-        elif kind == "failure":
-            outcome.failure = detail
-        else:
-            outcome.cancelled = None
+        schema.write_outcome(_context.results.init("outcome"), kind, detail)
 
     @remote
     async def cancel(self, **_: Any) -> None:
