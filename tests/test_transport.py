@@ -77,13 +77,26 @@ async def test_writes_of_one_loop_turn_reach_the_socket_as_one(link: Any) -> Non
     assert bytes(received.data) == b"first second third"
 
 
-async def test_a_large_write_goes_out_at_once(link: Any) -> None:
+async def test_a_large_write_goes_out_at_once_after_what_was_gathered(
+    link: Any,
+) -> None:
     coalescing, counting, received = link
     coalescing.write(b"small ")
     coalescing.write(b"x" * FLUSH_BYTES)
-    assert counting.writes == 1
+    assert counting.writes == 2  # in order, and the large one not copied
     await wait_for_bytes(received, FLUSH_BYTES + 6)
     assert received.data.startswith(b"small xxx")
+
+
+async def test_gathered_writes_go_out_once_they_add_up_to_the_limit(
+    link: Any,
+) -> None:
+    coalescing, counting, received = link
+    piece = b"y" * (FLUSH_BYTES // 4)
+    for _ in range(4):
+        coalescing.write(piece)
+    assert counting.writes == 1
+    await wait_for_bytes(received, FLUSH_BYTES)
 
 
 async def test_close_sends_what_was_gathered_first(link: Any) -> None:

@@ -33,6 +33,10 @@ class CoalescingTransport:
         self._flush_scheduled = False
 
     def write(self, data: bytes) -> None:
+        if len(data) >= FLUSH_BYTES:  # large enough alone: do not copy it
+            self.flush()
+            self._write_through(data)
+            return
         self._pending.append(data)
         self._pending_bytes += len(data)
         if self._pending_bytes >= FLUSH_BYTES:
@@ -53,6 +57,9 @@ class CoalescingTransport:
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         self._pending = []
         self._pending_bytes = 0
+        self._write_through(data)
+
+    def _write_through(self, data: bytes) -> None:
         if not self._transport.is_closing():
             self._transport.write(data)
 

@@ -62,7 +62,8 @@ class JobRecord:
     # A scheduler holds one per queued job, so each byte counts.
     __slots__ = (
         "id", "pool", "client", "description", "state", "worker", "attempt",
-        "submitted_at", "started_at", "holders", "log", "outcome", "started",
+        "submitted_at", "started_at", "holders", "_log", "_log_dir", "outcome",
+        "started",
         "finished", "on_finish", "on_worker_lost", "_attempt_log_start",
         "losses", "cancel_requested", "queued", "_worker_job", "_follower",
     )  # fmt: skip
@@ -76,6 +77,7 @@ class JobRecord:
         *,
         submitted_at: float = 0.0,
         log: JobLog | None = None,
+        log_dir: str | None = None,
     ) -> None:
         self.id = job_id
         self.pool = pool
@@ -88,7 +90,8 @@ class JobRecord:
         self.submitted_at = submitted_at
         self.started_at: float | None = None
         self.holders = 0  # capabilities on this job held by clients
-        self.log = log if log is not None else JobLog()
+        self._log = log
+        self._log_dir = log_dir  # where the log goes once it outgrows memory
         self.outcome: Outcome | None = None
         self.started = Latch()
         self.finished = Latch()
@@ -102,6 +105,18 @@ class JobRecord:
         self.queued: Any = None  # the pool's entry for this job
         self._worker_job: Any = None
         self._follower: asyncio.Task[None] | None = None
+
+    @property
+    def log(self) -> JobLog:
+        """The job's log, made when first used: most queued jobs need none."""
+        if self._log is None:
+            path = f"{self._log_dir}/{self.id}.log" if self._log_dir else None
+            self._log = JobLog(path=path)
+        return self._log
+
+    @property
+    def has_log(self) -> bool:
+        return self._log is not None
 
     def start(self, worker: str, worker_job: Any, *, now: float = 0.0) -> None:
         """The job went to ``worker``, whose Job capability is ``worker_job``."""

@@ -74,6 +74,7 @@ class Scheduler:
         # Whether a client may still submit (the registry of clients says).
         self.client_allowed: Callable[[str], bool] = lambda client: True
         self._log_dir = log_dir
+        self._log_dir_name = str(log_dir) if log_dir is not None else None
         self._heartbeat = heartbeat
         self._max_attempts = max_attempts
         self.pools = {name: Pool(name, clock) for name in pool_names}
@@ -164,7 +165,7 @@ class Scheduler:
         for _, timer in self._timers.values():
             timer.cancel()
         for record in self.jobs.values():
-            if not record.state.final:
+            if not record.state.final and record.has_log:
                 record.log.persist()
         if self.store is not None:
             self.save_cache()
@@ -233,12 +234,9 @@ class Scheduler:
         *,
         log: JobLog | None = None,
     ) -> JobRecord:
-        if log is None:
-            path = f"{self._log_dir}/{job_id}.log" if self._log_dir else None
-            log = JobLog(path=path)
         record = JobRecord(
             job_id, pool_name, client, description, submitted_at=submitted_at,
-            log=log,
+            log=log, log_dir=self._log_dir_name,
         )  # fmt: skip
         self.jobs[record.id] = record
         # Bound once: a bound method made per job costs 64 bytes each time.
