@@ -20,10 +20,14 @@ class Received(asyncio.Protocol):
         self.data = bytearray()
         self.closed = asyncio.Event()
         self.grew = asyncio.Event()
+        self.ended = asyncio.Event()
 
     def data_received(self, data: bytes) -> None:
         self.data += data
         self.grew.set()
+
+    def eof_received(self) -> None:
+        self.ended.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed.set()
@@ -117,3 +121,12 @@ async def test_abort_drops_what_was_gathered(link: Any) -> None:
     await asyncio.sleep(0)
     assert counting.writes == 0
     assert received.data == b""
+
+
+async def test_the_end_of_writing_comes_after_what_was_gathered(link: Any) -> None:
+    coalescing, _, received = link
+    coalescing.write(b"before the end")
+    coalescing.write_eof()
+    async with asyncio.timeout(5):
+        await received.ended.wait()
+    assert bytes(received.data) == b"before the end"

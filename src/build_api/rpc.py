@@ -23,7 +23,7 @@ from build_api import schema
 from build_api.errors import ConnectError, ServiceError
 from build_api.keys import check_peer_certificate, client_ssl_context
 from build_api.sturdy import SturdyRef
-from build_api.transport import coalesce_writes
+from build_api.transport import CoalescingTransport, coalesce_writes
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ R = TypeVar("R")
 class Connection:
     """An open RPC connection to the scheduler."""
 
-    def __init__(self, client: Any, transport: asyncio.Transport) -> None:
+    def __init__(self, client: Any, transport: CoalescingTransport) -> None:
         self._client = client
         self._transport = transport
 
@@ -72,8 +72,11 @@ class Connection:
 
         No TLS goodbye: the callers close once every answer they wait for
         has come, and a graceful close would leave the socket open for a
-        round trip after the event loop may have ended.
+        round trip after the event loop may have ended. What this turn of
+        the event loop wrote still goes out first, as far as the socket
+        takes it at once.
         """
+        self._transport.flush()
         self._transport.abort()
 
 
@@ -116,11 +119,11 @@ async def connect(ref: SturdyRef) -> Connection:
     except Exception:
         transport.close()
         raise
-    coalesce_writes(protocols[0])
+    coalescing = coalesce_writes(protocols[0])
     client = capnp.TwoPartyClient(
         streams[0], traversal_limit_in_words=TRAVERSAL_LIMIT_WORDS
     )
-    return Connection(client, transport)
+    return Connection(client, coalescing)
 
 
 async def connect_and_restore(ref: SturdyRef, interface: Any) -> tuple[Connection, Any]:

@@ -67,6 +67,10 @@ class CoalescingTransport:
         self.flush()
         self._transport.close()
 
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
     def abort(self) -> None:
         self._pending = []
         self._pending_bytes = 0
@@ -76,8 +80,10 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
-def coalesce_writes(protocol: Any) -> None:
+def coalesce_writes(protocol: Any) -> CoalescingTransport:
     """Make a connected pycapnp stream protocol write through a coalescer."""
     transport = protocol.transport
-    if transport is not None and not isinstance(transport, CoalescingTransport):
-        protocol.transport = CoalescingTransport(transport)
+    if not isinstance(transport, CoalescingTransport):
+        transport = CoalescingTransport(transport)
+        protocol.transport = transport
+    return transport

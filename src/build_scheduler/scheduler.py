@@ -294,6 +294,9 @@ class Scheduler:
             pool = self.pools[record.pool]
             if not pool.cancel(record.id):
                 pool.job_abandoned(record.queued)
+        # The pool's entry and the record point at each other: part them, so
+        # that both go as soon as nothing else holds them.
+        record.queued = None
         if self.store is not None:
             self.store.remove_job(record.id)
         result = record.state.value

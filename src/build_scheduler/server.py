@@ -116,6 +116,8 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     for service_id, service in services.values():
         table.add(service_id, service)
     scheduler.client_allowed = clients.allowed
+    # Before the jobs of the last run come back: they must stay collectable.
+    _tune_garbage_collector()
     scheduler.load_state()
 
     try:
@@ -128,7 +130,6 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     except OSError as exc:
         reason = _os_reason(exc)
         raise ConfigError(f"cannot listen on {config.listen}: {reason}") from None
-    _tune_garbage_collector()
     port = server.sockets[0].getsockname()[1]
     logger.info("Listening on %s", TcpAddress(config.listen.host, port))
 
@@ -185,9 +186,11 @@ def _tune_garbage_collector() -> None:
     Every RPC message makes short-lived Python objects (coroutines, tasks,
     readers), and the default threshold of 700 allocations ran a collection
     about once per message: a tenth of the scheduler's time under load.
-    What exists once the scheduler is up lives as long as it does, so it is
-    moved out of the collector's sight.
+    What exists once the scheduler is set up (modules, services, clients)
+    lives as long as it does, so it is moved out of the collector's sight;
+    nothing made per job may exist yet, or it would never be collected.
     """
+    gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD)
 

@@ -148,23 +148,45 @@ class Store:
         self._commit_pending = False
         if self._closed:
             return
-        if self._jobs_to_add or self._jobs_to_remove:
-            if not self._db.in_transaction:
-                self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT INTO jobs (id, pool, client, urgent, submitted, description)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(job.id, job.pool, job.client, int(job.urgent), job.submitted,
-                  job.description) for job in self._jobs_to_add.values()],
-            )  # fmt: skip
-            self._db.executemany(
-                "DELETE FROM jobs WHERE id = ?",
-                [(job_id,) for job_id in self._jobs_to_remove],
-            )
-            self._jobs_to_add.clear()
-            self._jobs_to_remove.clear()
         if self._db.in_transaction:
             self._db.execute("COMMIT")
+        if self._jobs_to_add or self._jobs_to_remove:
+            self._write_jobs()
+
+    def _write_jobs(self) -> None:
+        """Write the buffered job rows in a transaction of their own.
+
+        The jobs were accepted already, so a failure (a full disk) is not
+        theirs to report: it is logged, and they stay unstored, which only
+        matters if the scheduler restarts before they end.
+        """
+        added = [
+            (job.id, job.pool, job.client, int(job.urgent), job.submitted,
+             job.description)
+            for job in self._jobs_to_add.values()
+        ]  # fmt: skip
+        removed = [(job_id,) for job_id in self._jobs_to_remove]
+        self._jobs_to_add.clear()
+        self._jobs_to_remove.clear()
+        try:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO jobs"
+                " (id, pool, client, urgent, submitted, description)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                added,
+            )
+            self._db.executemany("DELETE FROM jobs WHERE id = ?", removed)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            logger.error(
+                "Could not store %d new and %d ended jobs in the state database"
+                " (%s): a restart now would not bring the new ones back, and"
+                " would bring the ended ones back again",
+                len(added), len(removed), exc,
+            )  # fmt: skip
 
     # Clients
 
