@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from common import table
-from dispatch import run
+from dispatch import rows, run
 
 WORKERS = 1000
 
@@ -24,9 +24,7 @@ def main() -> None:
     table(
         f"many workers: {WORKERS} connected, {figures['jobs']:.0f} jobs",
         [
-            ("jobs/s, submit to result", f"{figures['rate']:,.0f}"),
-            ("echo calls/s over TLS", f"{figures['echo']:,.0f}"),
-            ("ratio dispatch / echo", f"{figures['rate'] / figures['echo']:.3f}"),
+            *rows(figures),
             ("scheduler memory, MiB", f"{figures['rss_mib']:.0f}"),
             ("memory per worker, KiB", f"{figures['kib_per_worker']:.1f}"),
         ],

@@ -69,6 +69,9 @@ interface Ticket {
   # Resolves once a worker has started the job.
   cancel @1 () -> ();
   status @2 () -> (status :JobStatus);
+  result @3 () -> (outcome :Outcome);
+  # Waits until the job ends, for a client that wants no log: the same as
+  # `job` then `Job.result`, without the Job capability.
 }
 
 interface Job {

@@ -69,3 +69,26 @@ async def test_an_older_worker_without_it_still_has_its_result_read_synthetic_wo
     log, failure = await follow_to_the_end(cluster, OlderJob)
     assert log == b"synthetic build of a broken job\n"
     assert failure == "the build broke"  # the scheduler asked for the result
+
+
+async def test_ticket_result_waits_for_the_end_without_a_job_synthetic_worker(
+    cluster: Cluster,
+) -> None:
+    async with capnp.kj_loop():
+        worker = SyntheticWorker(
+            read_cap_file(cluster.cap("pool-linux")), "w1", handler=fail_at_once
+        )
+        connection, submission = await connect_and_restore(
+            read_cap_file(cluster.cap("submission")), schema.build.Submission
+        )
+        reply = await submission.submit("linux", simple_description(), False)
+        ticket = detached(reply.ticket)
+        result = ticket.result()  # asked while the job is still queued
+        await asyncio.sleep(0.2)
+        worker_task = asyncio.ensure_future(worker.run())
+        outcome = (await asyncio.wait_for(result, 10)).outcome
+        state = (await ticket.status()).status.state
+        connection.close()
+        worker_task.cancel()
+    assert outcome.failure == "the build broke"
+    assert str(state) == "failed"

@@ -87,7 +87,8 @@ class SubmissionServer(schema.build.Submission.Server):  # type: ignore[misc]
 
 
 class _Holder:
-    """Counts the live capabilities on a job held by its submitter.
+    """What a job's Ticket and Job servers share: its outcome, and a count
+    of the live capabilities on the job held by its submitter.
 
     When the submitter lets go of every capability on a job that has not
     ended, because it quit or its connection dropped, the job is cancelled.
@@ -113,6 +114,14 @@ class _Holder:
                 return  # the job stays stored for the next start
             logger.info("Every client let go of job %s; cancelling it", record.id)
             asyncio.get_event_loop().create_task(self._scheduler.cancel(record))
+
+    @remote
+    async def result(self, _context: Any, **_: Any) -> None:
+        """How the job ended, once it has (``Ticket.result``, ``Job.result``)."""
+        await self.record.finished.wait()
+        outcome = self.record.outcome
+        assert outcome is not None
+        _write_outcome(_context.results.init("outcome"), outcome)
 
 
 class TicketServer(_Holder, schema.build.Ticket.Server):  # type: ignore[misc]
@@ -150,13 +159,6 @@ class JobServer(_Holder, schema.build.Job.Server):  # type: ignore[misc]
         outcome = self.record.outcome
         if ended and outcome is not None:
             _write_outcome(results.init("outcome"), outcome)
-
-    @remote
-    async def result(self, _context: Any, **_: Any) -> None:
-        await self.record.finished.wait()
-        outcome = self.record.outcome
-        assert outcome is not None
-        _write_outcome(_context.results.init("outcome"), outcome)
 
     @remote
     async def cancel(self, **_: Any) -> None:
