@@ -3,8 +3,8 @@
 For each depth, a fresh scheduler process with no worker is given DEPTH
 waiting jobs (the client keeps their tickets, as a real one would), which
 measures the cost of queueing at that depth and the scheduler's memory per
-waiting job. Then 2,000 urgent jobs are queued ahead of them, synthetic
-workers connect, and the time until all 2,000 have their result gives the
+waiting job. Then 5,000 urgent jobs are queued ahead of them, synthetic
+workers connect, and the time until all 5,000 have their result gives the
 cost of dispatch with the deep queue behind. Run from the repository root:
 
     .venv/bin/python bench/queue_scale.py [--depths 1000,100000]
@@ -25,7 +25,7 @@ from build_api import schema
 from build_api.rpc import connect_and_restore, detached
 from build_api.sturdy import read_cap_file
 
-MEASURED = 2000
+MEASURED = 5000
 CONCURRENCY = 400
 
 
