@@ -93,6 +93,7 @@ class Model:
         pool = self.pool
         running = {j: w.name for w in pool.workers for j in w.running}
         assert running == self.started
+        assert pool._running_total == len(running)
         assert set(pool.jobs_of("a") + pool.jobs_of("b") + pool.jobs_of("c")) == set(
             self.queued
         )

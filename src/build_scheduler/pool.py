@@ -155,6 +155,7 @@ class Pool:
         # worker -> hint -> when it last built the hint, connected or not
         self._hints: dict[str, dict[str, float]] = {}
         self._reservations = 0  # entries in the workers' queues
+        self._running_total = 0  # jobs running on the connected workers
         # The fair-share clock: the tag of the latest job started.
         self._virtual = 0.0
         self._clients: dict[str, ClientShare] = {}
@@ -189,6 +190,7 @@ class Pool:
             del self._waiting[slot]
         self._unreserve_all(state)
         now = self._clock()
+        self._running_total -= len(state.running)
         for running in state.running.values():
             self._share(running.job.client).running -= 1
             running.job.used += max(0.0, now - running.started_at)
@@ -273,6 +275,7 @@ class Pool:
         running = state.running.pop(job_id, None) if state else None
         if running is None:
             return
+        self._running_total -= 1
         job = running.job
         duration = max(0.0, self._clock() - running.started_at)
         share = self._share(job.client)
@@ -337,7 +340,7 @@ class Pool:
             job.cache_hint, cached=bool(self._holders(job.cache_hint)),
             estimate=job.estimate,
         )  # fmt: skip
-        if not self._queued and not self._running_count():
+        if not self._queued and not self._running_total:
             # Idle: nobody is owed anything for the past.
             self._virtual = max([self._virtual, *self._next_tags()])
         job.tag = max(self._virtual, share.next_tag)
@@ -345,9 +348,6 @@ class Pool:
         share.next_tag = job.tag + job.cost / job.rate
         self._enqueue(job)
         return self.dispatch()
-
-    def _running_count(self) -> int:
-        return sum(len(state.running) for state in self._workers.values())
 
     def _next_tags(self) -> list[float]:
         return [s.next_tag for s in self._clients.values() if s.next_tag > -1e300]
@@ -613,6 +613,7 @@ class Pool:
             job.cache_hint, cached=cached, estimate=job.estimate
         )
         state.running[job.id] = RunningJob(job, now, expected, cached)
+        self._running_total += 1
         return Assignment(job, state.name, slot)
 
     # Showing
