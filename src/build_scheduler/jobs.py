@@ -63,9 +63,9 @@ class JobRecord:
     __slots__ = (
         "id", "pool", "client", "description", "state", "worker", "attempt",
         "submitted_at", "started_at", "holders", "_log", "_log_dir", "outcome",
-        "started",
-        "finished", "on_finish", "on_worker_lost", "_attempt_log_start",
-        "losses", "cancel_requested", "queued", "_worker_job", "_follower",
+        "started", "finished", "on_finish", "on_worker_lost",
+        "_attempt_log_start", "losses", "cancel_requested", "queued",
+        "_worker_job", "_follower",
     )  # fmt: skip
 
     def __init__(
