@@ -36,7 +36,7 @@ POLICIES: dict[str, Callable[[Callable[[], float]], Pool]] = {
     "unbounded affinity": lambda clock: UnboundedAffinityPool("p", clock),
 }
 WORKLOADS = {
-    "one hint, 100 jobs": [(0.0, "app")] + [(1.0, "app")] * 100,
+    "one hint, 1 job then 100": [(0.0, "app")] + [(1.0, "app")] * 100,
     "10 hints, 100 jobs": [(0.0, f"app-{n % 10}") for n in range(100)],
 }
 

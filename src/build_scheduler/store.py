@@ -113,6 +113,9 @@ class Store:
         # WAL with NORMAL survives a crash of the process; a power cut may
         # lose the last commits, never corrupt the database.
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # A finished job's row (registry password included) is overwritten,
+        # not just unlinked.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
         self._commit_pending = False
         self._closed = False
