@@ -134,3 +134,21 @@ def test_megabyte_lines_and_split_characters_arrive_byte_exact(
     assert long_line in lines
     digest = hashlib.sha256(long_line.encode()).hexdigest()
     assert hashlib.sha256(lines[lines.index(long_line)].encode()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("ending", ["tcp_fin", "tls_close_notify"])
+def test_a_peer_that_stops_in_the_middle_of_a_message_harms_nobody(
+    cluster: Cluster, ending: str
+) -> None:
+    for _ in range(5):
+        sock: socket.socket = tls_socket(cluster.port)
+        # A segment table that promises 16 words of message, then the end.
+        sock.sendall(struct.pack("<II", 0, 16))
+        if ending == "tcp_fin":
+            sock.shutdown(socket.SHUT_WR)
+        else:
+            sock = sock.unwrap()  # type: ignore[attr-defined]
+        assert dropped(sock)
+        sock.close()
+    assert cluster.scheduler.popen.poll() is None, "the scheduler died"
+    assert cluster.show() == "linux\n"  # other clients are served

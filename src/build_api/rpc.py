@@ -23,7 +23,7 @@ from build_api import schema
 from build_api.errors import ConnectError, ServiceError
 from build_api.keys import check_peer_certificate, client_ssl_context
 from build_api.sturdy import SturdyRef
-from build_api.transport import CoalescingTransport, coalesce_writes
+from build_api.transport import CoalescingTransport, EndAtEof, coalesce_writes
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +89,9 @@ async def connect(ref: SturdyRef) -> Connection:
     def make_protocol() -> asyncio.BaseProtocol:
         # A private pycapnp helper: it returns the protocol and hands the
         # stream built on it to the callback once the connection is made.
-        protocol: asyncio.BaseProtocol = capnp.AsyncIoStream._connect(streams.append)
+        protocol = capnp.AsyncIoStream._connect(streams.append)
         protocols.append(protocol)
-        return protocol
+        return EndAtEof(protocol)
 
     try:
         transport, _ = await asyncio.wait_for(
@@ -179,7 +179,7 @@ async def serve(
             return on_connection(stream, protocol)
 
         protocol = capnp.AsyncIoStream._connect(connected)
-        return protocol  # type: ignore[no-any-return]
+        return EndAtEof(protocol)
 
     loop = asyncio.get_running_loop()
     server = await loop.create_server(make_protocol, host, port, ssl=ssl_context)

@@ -1,4 +1,6 @@
-"""Fewer, larger writes under the RPC system.
+"""What sits between asyncio's TLS transport and pycapnp's stream.
+
+Fewer, larger writes under the RPC system.
 
 pycapnp hands each piece of each outgoing message to the transport as a
 write of its own, and over TLS every write is a TLS record and a ``send``
@@ -78,6 +80,38 @@ class CoalescingTransport:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+
+class EndAtEof(asyncio.BufferedProtocol):
+    """Hands pycapnp's stream protocol everything but the end of the stream.
+
+    pycapnp 2.2.4 crashes the whole process (a null pointer) when a peer
+    ends its stream in the middle of a message: the read that follows the
+    end fulfils a promise that is gone. Any peer could do that before it
+    has shown a capability, so the protocol is never told of the end;
+    asyncio then closes the connection, and pycapnp sees it lost, which it
+    handles. Reads go straight to pycapnp's own methods.
+    """
+
+    def __init__(self, stream_protocol: Any) -> None:
+        self._protocol = stream_protocol
+        self.get_buffer = stream_protocol.get_buffer  # type: ignore[method-assign]
+        self.buffer_updated = stream_protocol.buffer_updated  # type: ignore[method-assign]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._protocol.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._protocol.resume_writing()
+
+    def eof_received(self) -> bool:
+        return False  # close: the peer will send nothing more
 
 
 def coalesce_writes(protocol: Any) -> CoalescingTransport:
