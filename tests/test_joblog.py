@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+
+import pytest
 
 from build_api.joblog import JobLog
 
@@ -91,3 +94,26 @@ async def test_log_stops_at_its_limit_and_says_so() -> None:
     assert log.contents() == (
         b"0123456789\n[log truncated: it passed the limit of 10 bytes]\n"
     )
+
+
+def open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("size", [100, 100_000])
+async def test_kept_logs_come_back_holding_no_file_open(tmp_path, size: int) -> None:
+    text = b"x" * (size - 1) + b"\n"
+    for i in range(50):
+        log = JobLog(path=tmp_path / f"{i}.log")
+        log.write(text)
+        log.persist()  # as the scheduler does when it stops
+    before = open_files()
+    logs = [JobLog.reopen(tmp_path / f"{i}.log") for i in range(50)]
+    assert open_files() == before
+    assert [log.contents() for log in logs] == [text] * 50
+    logs[0].write(b"and more\n")
+    assert logs[0].contents() == text + b"and more\n"
+    for log in logs:
+        log.discard()
+    assert open_files() <= before
+    assert list(tmp_path.iterdir()) == []

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from build_scheduler.pool import Assignment, Pool, QueuedJob
+from build_scheduler.pool import (
+    CANCELLED_ENTRIES_KEPT,
+    Assignment,
+    Pool,
+    QueuedJob,
+)
 
 
 def only(assignments: list[Assignment]) -> Assignment | None:
@@ -172,3 +177,22 @@ def test_slot_that_stops_waiting_gets_no_job(pool: Pool, clock: FakeClock) -> No
     pool.slot_gone("slot")
     assert submit(pool, clock, "a") is None
     assert pool.queue_position("a") == 0
+
+
+def test_cancelled_jobs_behind_a_busy_worker_do_not_pile_up() -> None:
+    pool = Pool("linux", FakeClock())
+    pool.add_worker("w1", 1)
+    pool.slot_ready("w1", "slot")
+    pool.submit(QueuedJob("running", "c", False, 0.0))  # holds the only slot
+    for round_ in range(10):
+        ids = [f"j{round_}-{i}" for i in range(500)]
+        for job_id in ids:
+            pool.submit(
+                QueuedJob(job_id, "c", urgent=job_id.endswith("7"), submitted_at=0.0)
+            )
+        for job_id in ids:
+            assert pool.cancel(job_id)
+    entries = len(pool._urgent) + len(pool._normal) + len(pool._front)
+    assert entries <= CANCELLED_ENTRIES_KEPT + 1
+    pool.submit(QueuedJob("last", "c", False, 0.0))
+    assert [job.id for job in pool.queued_jobs()] == ["last"]

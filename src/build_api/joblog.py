@@ -28,8 +28,8 @@ DEFAULT_MAX_LOG_BYTES = 64 * 1024 * 1024
 
 class JobLog:
     __slots__ = (
-        "_memory", "_path", "_fd", "_spilled", "_length", "_max_bytes",
-        "_truncated", "_closed", "_grew",
+        "_memory", "_path", "_fd", "_spilled", "_has_file", "_length",
+        "_max_bytes", "_truncated", "_closed", "_grew",
     )  # fmt: skip
 
     def __init__(
@@ -41,9 +41,10 @@ class JobLog:
         self._memory = bytearray()
         # Kept as a string: a Path object costs a few hundred bytes per log.
         self._path = os.fspath(path) if path is not None else None
-        # Opened once the log outgrows memory; closed when the log is.
+        # Opened when a log in its file is written; closed when the log is.
         self._fd: int | None = None
-        self._spilled = False
+        self._spilled = False  # the log is in its file, not in memory
+        self._has_file = False  # its file may exist, to delete with the log
         self._length = 0
         self._max_bytes = max_bytes
         self._truncated = False
@@ -54,20 +55,38 @@ class JobLog:
     def reopen(
         cls, path: str | Path, *, max_bytes: int = DEFAULT_MAX_LOG_BYTES
     ) -> JobLog:
-        """The log kept in ``path`` by :meth:`persist`, to go on writing it."""
+        """The log kept in ``path`` by :meth:`persist`, to go on writing it.
+
+        It holds no descriptor until it is written: a scheduler restarted
+        with many jobs waiting would otherwise run out of them. A small log
+        comes back into memory.
+        """
         log = cls(path=path, max_bytes=max_bytes)
         try:
-            log._fd = os.open(path, os.O_RDWR)
+            size = os.stat(path).st_size
         except FileNotFoundError:
             return log
-        log._spilled = True
-        log._length = os.fstat(log._fd).st_size
+        log._has_file = True
+        if size <= SPILL_BYTES:
+            with open(path, "rb") as file:
+                log._memory = bytearray(file.read())
+            log._length = len(log._memory)
+        else:
+            log._spilled = True
+            log._length = size
         return log
 
     def persist(self) -> None:
-        """Make sure the whole log is in its file, however small it is."""
-        if self._path is not None and not self._spilled and not self._closed:
+        """Make sure the whole log is in its file, however small it is.
+
+        The log lets go of its descriptor: the scheduler persists every
+        unfinished log as it stops, and must not hold a file open for each.
+        """
+        if self._path is None or self._closed:
+            return
+        if not self._spilled:
             self._spill(self._path)
+        self._close_file()
 
     @property
     def closed(self) -> bool:
@@ -94,16 +113,19 @@ class JobLog:
         if not self._closed:
             self._closed = True
             # A finished log is read rarely: hold no descriptor for it.
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            self._close_file()
             self._wake()
+
+    def _close_file(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def discard(self) -> None:
         """Close the log and free what it holds (its file, if any)."""
         self.close()
         self._memory = bytearray()
-        if self._path is not None and self._spilled:
+        if self._path is not None and self._has_file:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path)
 
@@ -131,12 +153,15 @@ class JobLog:
         return chunk, end, self._closed and end == self._length
 
     def _append(self, data: bytes) -> None:
-        if self._fd is None:
+        if not self._spilled:
             self._memory += data
             self._length += len(data)
             if self._path is not None and self._length > SPILL_BYTES:
                 self._spill(self._path)
             return
+        if self._fd is None:
+            assert self._path is not None  # only a log with a path spills
+            self._fd = os.open(self._path, os.O_RDWR)
         written = 0
         while written < len(data):
             written += os.pwrite(self._fd, data[written:], self._length + written)
@@ -145,6 +170,7 @@ class JobLog:
     def _spill(self, path: str) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         self._spilled = True
+        self._has_file = True
         data, self._memory = self._memory, bytearray()
         written = 0
         while written < len(data):

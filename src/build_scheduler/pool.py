@@ -66,6 +66,9 @@ MIN_RATE = 0.001
 MAX_RATE = 1000.0
 DEFAULT_HINT_TTL_SECONDS = 3600.0
 DEFAULT_MAX_AFFINITY_WAIT_SECONDS = 60.0
+# Cancelled entries the queues may hold beyond their live jobs before they
+# are rebuilt without them.
+CANCELLED_ENTRIES_KEPT = 64
 
 
 @dataclass(eq=False, slots=True)
@@ -374,7 +377,23 @@ class Pool:
         share = self._share(job.client)
         share.queued -= 1
         share.next_tag += (job.used - job.cost) / job.rate
+        self._drop_cancelled_if_many()
         return True
+
+    def _drop_cancelled_if_many(self) -> None:
+        """Rebuild the queues without their cancelled entries, once these
+        are most of them.
+
+        A cancel only marks the entry, which goes when it reaches the head;
+        behind a long-running head that could be never.
+        """
+        entries = len(self._urgent) + len(self._normal) + len(self._front)
+        if entries <= 2 * len(self._queued) + CANCELLED_ENTRIES_KEPT:
+            return
+        for heap in (self._urgent, self._normal):
+            heap[:] = [entry for entry in heap if not entry[2].cancelled]
+            heapq.heapify(heap)
+        self._front = deque(job for job in self._front if not job.cancelled)
 
     def tick(self) -> list[Assignment]:
         """Give back the jobs that waited too long for a busy worker."""

@@ -166,7 +166,13 @@ class Scheduler:
             timer.cancel()
         for record in self.jobs.values():
             if not record.state.final and record.has_log:
-                record.log.persist()
+                try:
+                    record.log.persist()
+                except OSError as exc:
+                    logger.error(
+                        "Could not keep the log of job %s for the restart: %s",
+                        record.id, exc,
+                    )  # fmt: skip
         if self.store is not None:
             self.save_cache()
             self.store.close()
@@ -295,8 +301,11 @@ class Scheduler:
             if not pool.cancel(record.id):
                 pool.job_abandoned(record.queued)
         # The pool's entry and the record point at each other: part them, so
-        # that both go as soon as nothing else holds them.
-        record.queued = None
+        # that the record goes as soon as nothing else holds it, even while
+        # a cancelled entry waits in the queue to be dropped.
+        queued, record.queued = record.queued, None
+        if queued is not None:
+            queued.payload = None
         if self.store is not None:
             self.store.remove_job(record.id)
         result = record.state.value
