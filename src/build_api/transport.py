@@ -1,13 +1,12 @@
 """What sits between asyncio's TLS transport and pycapnp's stream.
 
-Fewer, larger writes under the RPC system.
-
 pycapnp hands each piece of each outgoing message to the transport as a
 write of its own, and over TLS every write is a TLS record and a ``send``
 system call. A busy scheduler sends many small messages in one turn of the
 event loop (a return, a release, the next call), so most of its time went
 to writing. :class:`CoalescingTransport` gathers the writes of one turn and
 hands them on as one, at the end of the turn or once enough has gathered.
+:class:`EndAtEof` keeps a pycapnp crash at the end of a stream away.
 """
 
 from __future__ import annotations
@@ -93,10 +92,10 @@ class EndAtEof(asyncio.BufferedProtocol):
     handles. Reads go straight to pycapnp's own methods.
     """
 
-    def __init__(self, stream_protocol: Any) -> None:
-        self._protocol = stream_protocol
-        self.get_buffer = stream_protocol.get_buffer  # type: ignore[method-assign]
-        self.buffer_updated = stream_protocol.buffer_updated  # type: ignore[method-assign]
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+        self.get_buffer = protocol.get_buffer  # type: ignore[method-assign]
+        self.buffer_updated = protocol.buffer_updated  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._protocol.connection_made(transport)
@@ -116,8 +115,6 @@ class EndAtEof(asyncio.BufferedProtocol):
 
 def coalesce_writes(protocol: Any) -> CoalescingTransport:
     """Make a connected pycapnp stream protocol write through a coalescer."""
-    transport = protocol.transport
-    if not isinstance(transport, CoalescingTransport):
-        transport = CoalescingTransport(transport)
-        protocol.transport = transport
+    transport = CoalescingTransport(protocol.transport)
+    protocol.transport = transport
     return transport

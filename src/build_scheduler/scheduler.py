@@ -73,8 +73,8 @@ class Scheduler:
         self.stopping = False
         # Whether a client may still submit (the registry of clients says).
         self.client_allowed: Callable[[str], bool] = lambda client: True
-        self._log_dir = log_dir
-        self._log_dir_name = str(log_dir) if log_dir is not None else None
+        # A string, shared by every job record that may need a log file.
+        self._log_dir = str(log_dir) if log_dir is not None else None
         self._heartbeat = heartbeat
         self._max_attempts = max_attempts
         self.pools = {name: Pool(name, clock) for name in pool_names}
@@ -217,7 +217,7 @@ class Scheduler:
         waited = max(0.0, self._wall_clock() - stored.submitted)
         log = None
         if self._log_dir is not None:
-            log = JobLog.reopen(self._log_dir / f"{stored.id}.log")
+            log = JobLog.reopen(f"{self._log_dir}/{stored.id}.log")
         record = self._new_record(
             stored.id, stored.pool, stored.client, stored.description,
             self._clock() - waited, log=log,
@@ -242,7 +242,7 @@ class Scheduler:
     ) -> JobRecord:
         record = JobRecord(
             job_id, pool_name, client, description, submitted_at=submitted_at,
-            log=log, log_dir=self._log_dir_name,
+            log=log, log_dir=self._log_dir,
         )  # fmt: skip
         self.jobs[record.id] = record
         # Bound once: a bound method made per job costs 64 bytes each time.
